@@ -1,0 +1,163 @@
+"""The ``bayescale`` command line.
+
+Results go to stdout (a table, or JSON with ``--format json``); progress, advice
+and errors go to stderr. Bad input exits with status 2 and a message naming the
+fix, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+EXIT_BAD_INPUT = 2
+
+
+def _rows(frame: pd.DataFrame) -> list[dict]:
+    frame = frame.drop(columns=[c for c in ("draws",) if c in frame])
+    return json.loads(frame.to_json(orient="records", double_precision=15))
+
+
+def _emit(payload: dict, table: pd.DataFrame, fmt: str) -> None:
+    if fmt == "json":
+        json.dump(payload, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        with pd.option_context("display.width", 200, "display.max_columns", 50):
+            print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+def _summary_payload(result) -> dict:
+    table = result.summary()
+    columns = ["mean", "sd", "q2.5", "q50", "q97.5", "r_hat", "ess_bulk"]
+    parameters = {row["parameter"]: {c: (None if not np.isfinite(row[c]) else float(row[c])) for c in columns} for _, row in table.iterrows()}
+    return {"parameters": parameters, "diagnostics": result.diagnostics.to_dict()}
+
+
+def _cmd_fit(args) -> None:
+    import bayescale as bs
+
+    runs = bs.RunTable.from_csv(args.runs)
+    result = bs.fit(
+        runs,
+        model=args.model,
+        seed=args.seed,
+        num_chains=args.num_chains,
+        num_warmup=args.num_warmup,
+        num_samples=args.num_samples,
+        target_accept=args.target_accept,
+    )
+    path = result.save(args.out)
+    print(f"bayescale: wrote {path}", file=sys.stderr)
+    _emit(_summary_payload(result), result.summary(), args.format)
+
+
+def _cmd_summary(args) -> None:
+    import bayescale as bs
+
+    result = bs.load(args.fit)
+    result.diagnostics.warn()
+    _emit(_summary_payload(result), result.summary(), args.format)
+
+
+def _cmd_predict(args) -> None:
+    import bayescale as bs
+
+    table = bs.load(args.fit).predict(params=args.params, tokens=args.tokens, flops=args.flops, family=args.family, noise=args.noise)
+    _emit({"rows": _rows(table)}, table, args.format)
+
+
+def _cmd_optimal(args) -> None:
+    import bayescale as bs
+
+    table = bs.load(args.fit).optimal(args.flops)
+    _emit({"rows": _rows(table)}, table, args.format)
+
+
+def _cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples, seed=args.seed)
+
+
+def _add_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("table", "json"), default="table", help="output format on stdout")
+
+
+def _add_sampler(parser: argparse.ArgumentParser, warmup: int = 1000, samples: int = 1000) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    parser.add_argument("--num-chains", type=int, default=4, help="NUTS chains (default 4)")
+    parser.add_argument("--num-warmup", type=int, default=warmup, help=f"warm-up iterations per chain (default {warmup})")
+    parser.add_argument("--num-samples", type=int, default=samples, help=f"kept draws per chain (default {samples})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``bayescale`` command."""
+    parser = argparse.ArgumentParser(prog="bayescale", description="Bayesian inference of neural scaling laws.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("fit", help="fit a model card to a runs CSV and save the posterior")
+    p.add_argument("runs", help="CSV of runs, one row per observation (columns: params, tokens, loss, ...)")
+    p.add_argument("--model", default="chinchilla", help="card name (chinchilla, compute-power-law, kaplan) or path to a .toml card")
+    p.add_argument("--out", required=True, help="where to write the fit (netCDF, e.g. fit.nc)")
+    p.add_argument("--target-accept", type=float, default=0.8, help="NUTS target acceptance (raise to 0.95 on divergences)")
+    _add_sampler(p)
+    _add_format(p)
+    p.set_defaults(func=_cmd_fit)
+
+    p = commands.add_parser("summary", help="posterior summary and diagnostics of a saved fit")
+    p.add_argument("fit", help="a fit saved by `bayescale fit`")
+    _add_format(p)
+    p.set_defaults(func=_cmd_summary)
+
+    p = commands.add_parser("predict", help="posterior predictive loss at new scales")
+    p.add_argument("fit", help="a fit saved by `bayescale fit`")
+    p.add_argument("--params", type=float, nargs="+", help="parameter count(s) N")
+    p.add_argument("--tokens", type=float, nargs="+", help="training token count(s) D")
+    p.add_argument("--flops", type=float, nargs="+", help="training compute C (= 6 N D when N or D is missing)")
+    p.add_argument("--family", help="family to predict for")
+    p.add_argument("--noise", action="store_true", help="include observation noise (the loss a new run would show)")
+    _add_format(p)
+    p.set_defaults(func=_cmd_predict)
+
+    p = commands.add_parser("optimal", help="compute-optimal parameters and tokens at a budget")
+    p.add_argument("fit", help="a fit saved by `bayescale fit`")
+    p.add_argument("--flops", type=float, nargs="+", required=True, help="training budget(s) in FLOP")
+    _add_format(p)
+    p.set_defaults(func=_cmd_optimal)
+
+    p = commands.add_parser("demo", help="fit the bundled Chinchilla data and write results and a figure")
+    p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
+    _add_sampler(p)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"bayescale: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from .data import DataError
+
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
+    try:
+        args.func(args)
+    except (DataError, ValueError, FileNotFoundError) as err:
+        print(f"bayescale: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        warnings.showwarning = shown
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""RunTable: a validated, tidy table of training runs (one row per observation).
+
+The schema is DESIGN.md section 3. Validation names the fix and gives row
+numbers; nothing is dropped silently. Columns outside the schema are kept as
+metadata, unless their name looks like a misspelt schema column, which is an
+error with a "did you mean".
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+#: Schema columns and their meaning (DESIGN.md section 3).
+SCHEMA: dict[str, str] = {
+    "family": "model family (architecture / data recipe / optimiser setting)",
+    "seed": "training seed",
+    "run": "explicit run id",
+    "params": "parameter count N",
+    "tokens": "tokens seen at this observation D",
+    "flops": "training compute C (default 6*N*D)",
+    "step": "checkpoint step",
+    "is_final": "whether the row is the run's final checkpoint",
+    "loss": "modelled loss in nats",
+    "task": "downstream task name",
+    "correct": "number of items answered correctly",
+    "accuracy": "fraction of items answered correctly",
+    "n_items": "number of items in the task",
+    "chance": "accuracy of random guessing",
+}
+#: Columns that must be finite and strictly positive where present.
+POSITIVE_COLUMNS = ("params", "tokens", "flops", "loss", "n_items")
+#: Default family name when the table has no ``family`` column.
+DEFAULT_FAMILY = "default"
+
+
+class DataError(ValueError):
+    """Input data that bayescale cannot use; the message says how to fix it."""
+
+
+def _rows_text(positions: Iterable[int], offset: int, limit: int = 8) -> str:
+    positions = [int(p) + offset for p in positions]
+    shown = ", ".join(str(p) for p in positions[:limit])
+    more = f" and {len(positions) - limit} more" if len(positions) > limit else ""
+    return f"{shown}{more}"
+
+
+class RunTable:
+    """A validated table of scaling runs.
+
+    Parameters
+    ----------
+    data
+        Tidy data, one row per observation, with the columns of
+        :data:`SCHEMA` (any subset; which ones a law needs is checked at fit
+        time by :meth:`require`). Other columns are kept as metadata.
+    source
+        Where the data came from, used in error messages.
+    row_offset
+        Added to 0-based row positions in error messages (``from_csv`` sets 2
+        so that messages give the line number in the file).
+
+    Raises
+    ------
+    DataError
+        If a column is misspelt, a value is non-finite or non-positive, an
+        accuracy is outside [0, 1], or two rows are identical.
+
+    Examples
+    --------
+    >>> runs = RunTable(pd.DataFrame({"params": [1e8, 4e8], "tokens": [2e9, 8e9], "loss": [3.1, 2.8]}))
+    >>> runs.data["flops"].tolist()
+    [1.2e+18, 1.92e+19]
+    """
+
+    def __init__(self, data: pd.DataFrame, *, source: str = "the table", row_offset: int = 0):
+        if not isinstance(data, pd.DataFrame):
+            raise DataError(f"RunTable needs a pandas DataFrame, got {type(data).__name__}")
+        self.source = source
+        self._row_offset = row_offset
+        self._where = "line" if row_offset == 2 else "row"
+        df = data.reset_index(drop=True).copy()
+        self._check_column_names(df)
+        if len(df) == 0:
+            raise DataError(f"{source} has no rows; add at least one observation per run")
+        self._check_values(df)
+        if "flops" not in df and {"params", "tokens"} <= set(df.columns):
+            # Standard dense-transformer training compute (Kaplan et al. 2020, sec. 2.1).
+            df["flops"] = 6.0 * df["params"].astype(float) * df["tokens"].astype(float)
+        if "family" not in df:
+            df["family"] = DEFAULT_FAMILY
+        df["family"] = df["family"].astype(str)
+        self._data = df
+
+    # --- construction ------------------------------------------------------
+
+    @classmethod
+    def from_csv(cls, path: str | Path, **read_csv_kwargs) -> "RunTable":
+        """Read and validate a CSV file; error messages give file line numbers."""
+        path = Path(path)
+        if not path.exists():
+            raise DataError(f"no such file: {path}")
+        try:
+            df = pd.read_csv(path, **read_csv_kwargs)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise DataError(f"could not read {path} as CSV ({err}); save it as comma-separated text with a header row") from None
+        return cls(df, source=str(path), row_offset=2)
+
+    @classmethod
+    def from_parquet(cls, path: str | Path) -> "RunTable":
+        """Read and validate a Parquet file (needs pyarrow or fastparquet)."""
+        path = Path(path)
+        if not path.exists():
+            raise DataError(f"no such file: {path}")
+        return cls(pd.read_parquet(path), source=str(path))
+
+    # --- validation --------------------------------------------------------
+
+    def _rows(self, mask: np.ndarray) -> str:
+        return f"{self._where}s {_rows_text(np.flatnonzero(mask), self._row_offset)}"
+
+    def _check_column_names(self, df: pd.DataFrame) -> None:
+        for column in df.columns:
+            if not isinstance(column, str):
+                raise DataError(f"column names must be strings; {self.source} has {column!r}")
+            if column in SCHEMA:
+                continue
+            close = difflib.get_close_matches(column.lower(), [c for c in SCHEMA if c not in df.columns], n=1, cutoff=0.8)
+            if close or column.lower() in SCHEMA:
+                guess = close[0] if close else column.lower()
+                raise DataError(
+                    f"unknown column {column!r} in {self.source}; did you mean {guess!r}? "
+                    f"Rename it (schema columns: {', '.join(SCHEMA)})"
+                )
+        duplicated = df.columns[df.columns.duplicated()].tolist()
+        if duplicated:
+            raise DataError(f"{self.source} has repeated column names {duplicated}; keep one of each")
+
+    def _check_values(self, df: pd.DataFrame) -> None:
+        for column in POSITIVE_COLUMNS + ("correct", "accuracy", "chance", "step"):
+            if column not in df:
+                continue
+            values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float)
+            bad = ~np.isfinite(values)
+            if bad.any():
+                raise DataError(
+                    f"column {column!r} has {bad.sum()} missing or non-numeric values ({self._rows(bad)} of "
+                    f"{self.source}); fill them in or remove those rows explicitly"
+                )
+            df[column] = values
+            if column in POSITIVE_COLUMNS and (values <= 0).any():
+                bad = values <= 0
+                raise DataError(
+                    f"column {column!r} has {bad.sum()} non-positive values ({self._rows(bad)} of {self.source}); "
+                    f"scaling laws need {column} > 0 (is it in the right units, e.g. a count, not millions?)"
+                )
+        for column in ("accuracy", "chance"):
+            if column in df and ((df[column] < 0) | (df[column] > 1)).any():
+                bad = ((df[column] < 0) | (df[column] > 1)).to_numpy()
+                raise DataError(
+                    f"column {column!r} has values outside [0, 1] ({self._rows(bad)} of {self.source}); "
+                    "give it as a fraction, not a percentage"
+                )
+        if {"correct", "n_items"} <= set(df.columns) and (df["correct"] > df["n_items"]).any():
+            bad = (df["correct"] > df["n_items"]).to_numpy()
+            raise DataError(f"'correct' exceeds 'n_items' in {self._rows(bad)} of {self.source}")
+        for column in ("family", "seed", "run", "task"):
+            if column in df and df[column].isna().any():
+                bad = df[column].isna().to_numpy()
+                raise DataError(
+                    f"column {column!r} has missing values ({self._rows(bad)} of {self.source}); "
+                    "give every row a value or drop the column"
+                )
+        dup = df.duplicated(keep="first").to_numpy()
+        if dup.any():
+            raise DataError(
+                f"{self.source} has {dup.sum()} rows identical to an earlier row ({self._rows(dup)}); "
+                "remove the duplicates, or add a 'seed' or 'run' column if they are separate runs"
+            )
+
+    def require(self, inputs: Iterable[str], exponents: dict[str, str], target: str = "loss") -> None:
+        """Check the table can identify a law that reads ``inputs``.
+
+        Parameters
+        ----------
+        inputs
+            Columns the law reads (``params``, ``tokens`` or ``flops``).
+        exponents
+            For each input, the name of the exponent it identifies; the table
+            needs at least two distinct values of that input.
+        target
+            The observed column (``loss``).
+
+        Raises
+        ------
+        DataError
+            If a column is missing or an exponent cannot be identified.
+        """
+        df = self._data
+        for column in (*inputs, target):
+            if column not in df:
+                close = difflib.get_close_matches(column, list(df.columns), n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}? rename it)" if close else ""
+                raise DataError(
+                    f"{self.source} has no {column!r} column{hint}; this model needs columns "
+                    f"{', '.join((*inputs, target))} ({SCHEMA.get(column, column)})"
+                )
+        for column in inputs:
+            distinct = df[column].nunique()
+            if distinct < 2:
+                raise DataError(
+                    f"{self.source} has a single value of {column!r} ({df[column].iloc[0]:.4g}), which cannot "
+                    f"identify the exponent {exponents[column]!r}; add runs at two or more {column} values "
+                    f"(three or more spread over a decade or more is better), or choose a model card that "
+                    f"does not vary with {column}"
+                )
+
+    # --- access ------------------------------------------------------------
+
+    @property
+    def data(self) -> pd.DataFrame:
+        """A copy of the validated table (with ``flops`` and ``family`` filled in)."""
+        return self._data.copy()
+
+    @property
+    def families(self) -> list[str]:
+        """Family names, in order of first appearance."""
+        return list(pd.unique(self._data["family"]))
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        columns = [c for c in self._data.columns if c in SCHEMA]
+        return f"RunTable({len(self)} observations, {len(self.families)} families, columns {columns})"
+
+    def family_codes(self) -> np.ndarray:
+        """Integer code of each row's family, indexing :attr:`families`."""
+        return pd.Categorical(self._data["family"], categories=self.families).codes.astype(np.int32)
+
+    def hash(self) -> str:
+        """SHA-256 of the table's canonical CSV text: names the exact data a fit saw."""
+        text = self._data.to_csv(index=False, float_format="%.17g")
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def drop(self, mask: np.ndarray | pd.Series, reason: str) -> "RunTable":
+        """Return a table without the rows where ``mask`` is true, saying how many and why.
+
+        Parameters
+        ----------
+        mask
+            Boolean per row; true rows are removed.
+        reason
+            Said to the user on stderr, e.g. ``"flagged as outliers by Epoch AI"``.
+        """
+        import sys
+
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (len(self),):
+            raise DataError(f"drop needs one boolean per row ({len(self)}), got shape {mask.shape}")
+        print(f"bayescale: dropped {mask.sum()} of {len(self)} rows: {reason}", file=sys.stderr)
+        return RunTable(self._data.loc[~mask], source=self.source)

@@ -1,0 +1,121 @@
+"""Sampler diagnostics with advice: R-hat, bulk/tail ESS, divergences, E-BFMI.
+
+Thresholds follow Vehtari et al. (2021), "Rank-normalization, folding, and
+localization: An improved R-hat", sec. 4: R-hat < 1.01 and ESS > 400 (100 per
+chain for 4 chains).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._arviz import az
+
+MAX_R_HAT = 1.01
+MIN_ESS = 400
+#: E-BFMI below 0.3 signals a posterior the momentum resampling cannot explore (Betancourt 2016).
+MIN_BFMI = 0.3
+
+
+class SamplerWarning(UserWarning):
+    """The sampler did not converge well enough to trust the posterior without a second look."""
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """Convergence summary of a fit.
+
+    Attributes
+    ----------
+    divergences
+        Number of divergent transitions after warm-up.
+    max_r_hat
+        Largest rank-normalised split R-hat over sampled parameters (NaN with one chain).
+    min_ess_bulk, min_ess_tail
+        Smallest bulk and tail effective sample sizes.
+    min_bfmi
+        Smallest per-chain E-BFMI.
+    num_chains, num_samples
+        Chains and draws per chain.
+    problems
+        Plain-language descriptions of each problem, with what to try.
+    """
+
+    divergences: int
+    max_r_hat: float
+    min_ess_bulk: float
+    min_ess_tail: float
+    min_bfmi: float
+    num_chains: int
+    num_samples: int
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (the ``diagnostics`` block of ``bayescale summary --format json``)."""
+        return {
+            "divergences": self.divergences,
+            "max_r_hat": _json_float(self.max_r_hat),
+            "min_ess_bulk": _json_float(self.min_ess_bulk),
+            "min_ess_tail": _json_float(self.min_ess_tail),
+            "min_bfmi": _json_float(self.min_bfmi),
+            "num_chains": self.num_chains,
+            "num_samples": self.num_samples,
+            "problems": list(self.problems),
+        }
+
+    def warn(self) -> None:
+        """Issue one :class:`SamplerWarning` per problem."""
+        for problem in self.problems:
+            warnings.warn(problem, SamplerWarning, stacklevel=3)
+
+
+def _json_float(value: float) -> float | None:
+    return None if not np.isfinite(value) else float(value)
+
+
+def diagnose(idata, var_names: list[str]) -> Diagnostics:
+    """Compute :class:`Diagnostics` for the sampled parameters ``var_names`` of ``idata``."""
+    posterior = idata.posterior[var_names]
+    num_chains = posterior.sizes["chain"]
+    num_samples = posterior.sizes["draw"]
+    divergences = int(idata.sample_stats["diverging"].sum())
+    ess_bulk = float(az.ess(posterior, method="bulk").to_array().min())
+    ess_tail = float(az.ess(posterior, method="tail").to_array().min())
+    r_hat = float(az.rhat(posterior).to_array().max()) if num_chains > 1 else float("nan")
+    bfmi = float(np.min(az.bfmi(idata))) if "energy" in idata.sample_stats else float("nan")
+
+    problems = []
+    if divergences:
+        problems.append(
+            f"{divergences} divergent transitions after warm-up: the posterior has regions the sampler "
+            "cannot follow, so its tails may be wrong. Try target_accept=0.95 (CLI --target-accept 0.95); "
+            "if they persist, the data may not identify every parameter: use a card with fewer free "
+            "parameters or add runs that vary the size the law cannot pin down."
+        )
+    if num_chains == 1:
+        problems.append("a single chain cannot show non-convergence (R-hat needs 2 or more); use num_chains=4.")
+    elif not r_hat < MAX_R_HAT:
+        problems.append(
+            f"R-hat {r_hat:.3f} > {MAX_R_HAT}: the chains disagree, so the posterior is not yet trustworthy. "
+            "Try more warm-up (num_warmup=2000); if it persists the posterior may be multimodal: "
+            "check the data for a size range too narrow to separate the terms."
+        )
+    if not min(ess_bulk, ess_tail) >= MIN_ESS:
+        problems.append(
+            f"effective sample size {min(ess_bulk, ess_tail):.0f} < {MIN_ESS}: intervals are noisy. "
+            "Draw more samples (num_samples=2000) or more chains."
+        )
+    if np.isfinite(bfmi) and bfmi < MIN_BFMI:
+        problems.append(
+            f"E-BFMI {bfmi:.2f} < {MIN_BFMI}: the sampler explores the posterior's energy poorly; "
+            "a reparameterisation or tighter priors may help."
+        )
+    return Diagnostics(divergences, r_hat, ess_bulk, ess_tail, bfmi, num_chains, num_samples, tuple(problems))

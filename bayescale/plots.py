@@ -1,0 +1,131 @@
+"""Figures of a fit. The only module that imports matplotlib.
+
+Every function takes a :class:`~bayescale.Fit`, draws on the given axes (or new
+ones) and returns the matplotlib Figure.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # file output only: no display is assumed (CI, servers)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+
+def format_count(value: float, unit: str = "") -> str:
+    """Readable scale labels: 7e10 -> "70B", 1.2e6 -> "1.2M", with an optional unit."""
+    for size, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{suffix}{unit}"
+    return f"{value:.3g}{unit}"
+
+
+def format_flops(value: float, unit: str = " FLOP") -> str:
+    """FLOP labels in powers of ten: 1e21 -> "1e21 FLOP" (``unit=""`` for crowded tick labels)."""
+    if value <= 0:
+        return ""
+    exponent = np.log10(value)
+    if np.isclose(exponent, round(exponent)):
+        return f"1e{round(exponent)}{unit}"
+    return f"{value:.1e}{unit}"
+
+
+def _axes(ax):
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+    return ax.figure, ax
+
+
+def _frontier_budgets(fit, flops):
+    if flops is not None:
+        return np.asarray(flops, dtype=float)
+    observed = fit.observed()["flops"].to_numpy()
+    return np.logspace(np.log10(observed.min()), np.log10(observed.max()) + 3, 40)
+
+
+def plot_loss_frontier(fit, flops=None, ax=None):
+    """Observed losses against compute, with the posterior loss of compute-optimal runs.
+
+    The band is the 95% (light) and 50% (dark) posterior interval of the expected loss
+    of a compute-optimally allocated run; observed runs should lie on or above it.
+    For the compute power law the band is the law itself.
+
+    Parameters
+    ----------
+    fit
+        A loss fit.
+    flops
+        Budgets at which to draw the band; default from the smallest observed compute
+        to 1000x the largest.
+    ax
+        Axes to draw on; new ones if omitted.
+    """
+    fig, ax = _axes(ax)
+    budgets = _frontier_budgets(fit, flops)
+    if fit.spec.law.optimal_fn is None:
+        table = fit.predict(flops=budgets)
+        label = "posterior loss"
+    else:
+        table = fit.optimal(budgets)
+        table = table[table["quantity"] == "loss"]
+        label = "loss of compute-optimal run"
+    ax.fill_between(table["flops"], table["q2.5"], table["q97.5"], color="C0", alpha=0.25, lw=0, label=f"{label}, 95%")
+    ax.fill_between(table["flops"], table["q25"], table["q75"], color="C0", alpha=0.5, lw=0, label="50%")
+    ax.plot(table["flops"], table["q50"], color="C0", lw=1.5)
+    observed = fit.observed()
+    ax.scatter(observed["flops"], observed["loss"], s=10, color="k", alpha=0.7, label="observed runs", zorder=3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_flops(v, unit="")))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.set_xlabel("training compute (FLOP)")
+    ax.set_ylabel("loss (nats)")
+    ax.set_title(f"{fit.spec.name}: data and posterior")
+    ax.legend(frameon=False, fontsize="small")
+    return fig
+
+
+def plot_optimal_allocation(fit, flops=None, ax=None):
+    """Compute-optimal parameters and tokens against compute, with 95% posterior bands.
+
+    Observed runs are drawn at their (compute, parameters) and (compute, tokens).
+
+    Parameters
+    ----------
+    fit
+        A fit of a card with an N/D trade-off (Chinchilla, Kaplan).
+    flops
+        Budgets at which to draw the bands (default as :func:`plot_loss_frontier`).
+    ax
+        Axes to draw on; new ones if omitted.
+    """
+    fig, ax = _axes(ax)
+    table = fit.optimal(_frontier_budgets(fit, flops))
+    observed = fit.observed()
+    for colour, quantity in (("C1", "params"), ("C2", "tokens")):
+        rows = table[table["quantity"] == quantity]
+        ax.fill_between(rows["flops"], rows["q2.5"], rows["q97.5"], color=colour, alpha=0.3, lw=0)
+        ax.plot(rows["flops"], rows["q50"], color=colour, lw=1.5, label=f"optimal {quantity} (median, 95%)")
+        ax.scatter(observed["flops"], observed[quantity], s=6, color=colour, alpha=0.5)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_flops(v, unit="")))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: format_count(v)))
+    ax.set_xlabel("training compute (FLOP)")
+    ax.set_ylabel("parameters / tokens")
+    ax.set_title("compute-optimal allocation (dots: observed runs)")
+    ax.legend(frameon=False, fontsize="small")
+    return fig
+
+
+def plot_fit(fit, flops=None):
+    """One figure with :func:`plot_loss_frontier` and, where the law allows, :func:`plot_optimal_allocation`."""
+    panels = 2 if fit.spec.law.optimal_fn is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.4 * panels, 4.6), layout="constrained", squeeze=False)
+    plot_loss_frontier(fit, flops, ax=axes[0, 0])
+    if panels == 2:
+        plot_optimal_allocation(fit, flops, ax=axes[0, 1])
+    return fig

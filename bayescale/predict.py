@@ -1,0 +1,201 @@
+"""Questions a loss fit answers: posterior predictive loss, compute-optimal allocation.
+
+Both are computed per posterior draw, so every reported interval carries the
+full joint uncertainty of the parameters (no delta method, no plug-in).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .model import centred_inputs
+from .spec import ModelSpec
+
+#: Quantiles reported for predictions (DESIGN.md section 9).
+QUANTILES = {"q2.5": 0.025, "q5": 0.05, "q25": 0.25, "q50": 0.5, "q75": 0.75, "q95": 0.95, "q97.5": 0.975}
+
+
+def simulate_log_loss(
+    spec: ModelSpec,
+    posterior: Mapping[str, np.ndarray],
+    x: Mapping[str, jnp.ndarray],
+    *,
+    noise: bool,
+    rng_key=None,
+) -> np.ndarray:
+    """Log loss at centred log inputs ``x`` for each posterior draw.
+
+    Parameters
+    ----------
+    spec
+        The model card.
+    posterior
+        Draws of the card's sampled parameters, all of one shape ``S`` (e.g. ``(chains, draws)``).
+    x
+        Centred log inputs, each of shape ``(P,)`` (shared by all draws) or
+        ``(prod(S), P)`` (one row per draw).
+    noise
+        Add the likelihood's observation noise (a new run's loss) rather than the
+        noise-free law (the expected loss).
+    rng_key
+        JAX PRNG key, needed when ``noise`` is true.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``S + (P,)``.
+    """
+    names = [*spec.law.parameters, *(spec.noise_parameters if noise else ())]
+    shape = np.shape(posterior[names[0]])
+    theta = {name: jnp.asarray(posterior[name]).reshape(-1, 1) for name in names}
+    mean = spec.law.log_loss(theta, {k: jnp.atleast_2d(jnp.asarray(v)) for k, v in x.items()})
+    if noise:
+        if rng_key is None:
+            raise ValueError("simulating observation noise needs an rng_key")
+        if spec.likelihood == "student_t":
+            standard = jax.random.t(rng_key, theta["nu"], shape=mean.shape)
+        else:
+            standard = jax.random.normal(rng_key, shape=mean.shape)
+        mean = mean + theta["sigma"] * standard
+    return np.asarray(mean).reshape(*shape, -1)
+
+
+def _summarise(draws: np.ndarray) -> dict:
+    """Mean and :data:`QUANTILES` of draws along axis 0."""
+    out = {"mean": draws.mean(axis=0)}
+    out.update({label: np.quantile(draws, q, axis=0) for label, q in QUANTILES.items()})
+    return out
+
+
+def _as_array(name: str, value) -> np.ndarray | None:
+    if value is None:
+        return None
+    array = np.atleast_1d(np.asarray(value, dtype=float))
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be a number or a 1-D list of numbers")
+    if not np.all(np.isfinite(array)) or np.any(array <= 0):
+        raise ValueError(f"{name} must be finite and positive, got {value!r}")
+    return array
+
+
+def _complete_inputs(spec: ModelSpec, params, tokens, flops) -> dict[str, np.ndarray]:
+    """Fill in the law's inputs from what was given, using C = 6 N D."""
+    given = {"params": _as_array("params", params), "tokens": _as_array("tokens", tokens), "flops": _as_array("flops", flops)}
+    present = {k: v for k, v in given.items() if v is not None}
+    try:
+        present = dict(zip(present, np.broadcast_arrays(*present.values())))
+    except ValueError:
+        raise ValueError("params, tokens and flops must have the same length (or be single numbers)") from None
+    n, d, c = present.get("params"), present.get("tokens"), present.get("flops")
+    if n is not None and d is not None and c is None:
+        present["flops"] = 6.0 * n * d
+    elif n is not None and c is not None and d is None:
+        present["tokens"] = c / (6.0 * n)
+    elif d is not None and c is not None and n is None:
+        present["params"] = c / (6.0 * d)
+    missing = [name for name in spec.law.inputs if name not in present]
+    if missing:
+        raise ValueError(
+            f"card {spec.name!r} predicts from {', '.join(spec.law.inputs)}; give {' and '.join(missing)} "
+            "(or two of params, tokens, flops, related by flops = 6 * params * tokens)"
+        )
+    return present
+
+
+def _check_family(fit, family: str | None) -> None:
+    if family is not None and family not in fit.families:
+        raise ValueError(
+            f"family {family!r} is not in the fitted data ({', '.join(fit.families)}); card "
+            f"{fit.spec.name!r} has no population of families to draw a new one from"
+        )
+
+
+def predict_loss(fit, params=None, tokens=None, flops=None, family=None, *, noise=False, draws=False, seed=0) -> pd.DataFrame:
+    """Posterior predictive loss at new scales.
+
+    Parameters
+    ----------
+    fit
+        A :class:`~bayescale.Fit` of a loss card.
+    params, tokens, flops
+        Scales to predict at: numbers or 1-D lists of equal length. Give what the law
+        reads (``params`` and ``tokens`` for Chinchilla, ``flops`` for the compute law);
+        a missing one is derived from the other two by ``flops = 6 * params * tokens``.
+    family
+        Family to predict for; must be one of the fitted families.
+    noise
+        If true, the loss a new run would *observe* (law plus observation noise);
+        if false (default), the law's expected loss, whose interval reflects
+        parameter uncertainty only.
+    draws
+        Add a ``draws`` column holding each row's posterior draws.
+    seed
+        Seed of the observation-noise draws.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per scale: the inputs, ``family``, ``quantity`` (``"loss"``),
+        ``mean`` and the quantiles ``q2.5, q5, q25, q50, q75, q95, q97.5``.
+    """
+    _check_family(fit, family)
+    inputs = _complete_inputs(fit.spec, params, tokens, flops)
+    x = centred_inputs(inputs, {k: v for k, v in fit.centre.items()})
+    sampled = fit.draws(list(fit.spec.sampled_parameters))
+    log_loss = simulate_log_loss(fit.spec, sampled, x, noise=noise, rng_key=jax.random.PRNGKey(seed))
+    loss = np.exp(log_loss)
+    frame = pd.DataFrame({**inputs, "family": family or fit.families[0], "quantity": "loss", **_summarise(loss)})
+    if draws:
+        frame["draws"] = list(loss.T)
+    return frame
+
+
+def optimal_allocation(fit, flops, *, draws=False) -> pd.DataFrame:
+    """Compute-optimal model size and tokens at training budgets, per posterior draw.
+
+    Parameters
+    ----------
+    fit
+        A :class:`~bayescale.Fit` of a card whose law trades N against D (Chinchilla, Kaplan).
+    flops
+        Budget(s) C in FLOP, with ``C = 6 N D``.
+    draws
+        Add a ``draws`` column holding each row's posterior draws.
+
+    Returns
+    -------
+    pandas.DataFrame
+        For each budget, rows with ``quantity`` = ``params``, ``tokens``, ``tokens_per_param``
+        and ``loss`` (the expected loss at the optimum), each with ``mean`` and quantiles.
+
+    Raises
+    ------
+    ValueError
+        If the card's law has no N/D trade-off (the compute power law).
+    """
+    law = fit.spec.law
+    if law.optimal_fn is None:
+        raise ValueError(
+            f"card {fit.spec.name!r} models loss as a function of compute alone, so it has no N/D "
+            "trade-off to optimise; fit a card with params and tokens (e.g. chinchilla)"
+        )
+    budgets = _as_array("flops", flops)
+    natural = fit.draws(list(law.reported))
+    n_opt, d_opt = law.optimal_fn({k: v[:, None] for k, v in natural.items()}, budgets[None, :])
+    x_opt = centred_inputs({"params": n_opt, "tokens": d_opt}, fit.centre)
+    loss = np.exp(simulate_log_loss(fit.spec, fit.draws(list(law.parameters)), x_opt, noise=False))
+    quantities = {"params": n_opt, "tokens": d_opt, "tokens_per_param": d_opt / n_opt, "loss": loss}
+    rows = []
+    for j, budget in enumerate(budgets):
+        for quantity, values in quantities.items():
+            row = {"flops": budget, "quantity": quantity, **{k: float(v) for k, v in _summarise(values[:, j]).items()}}
+            if draws:
+                row["draws"] = values[:, j]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
