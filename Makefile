@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/bayescale demo --out demo-output
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=10
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -258,8 +259,6 @@ class RunTable:
         reason
             Said to the user on stderr, e.g. ``"flagged as outliers by Epoch AI"``.
         """
-        import sys
-
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != (len(self),):
             raise DataError(f"drop needs one boolean per row ({len(self)}), got shape {mask.shape}")

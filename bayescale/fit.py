@@ -203,17 +203,18 @@ def _to_inference_data(mcmc: MCMC, spec: ModelSpec, runs: RunTable, centre: dict
     }
     return az.from_dict(
         posterior=posterior,
-        posterior_predictive={"loss": np.exp(predicted)},
+        # Log scale: with Student-t noise of nu near 1 a draw of exp(log loss) can overflow.
+        posterior_predictive={"log_loss": predicted},
         sample_stats={
             "diverging": extra["diverging"],
             "energy": extra["energy"],
             "n_steps": extra["num_steps"],
             "acceptance_rate": extra["accept_prob"],
         },
-        observed_data={"loss": data["loss"].to_numpy(dtype=float)},
+        observed_data={"loss": data["loss"].to_numpy(dtype=float), "log_loss": np.log(data["loss"].to_numpy(dtype=float))},
         constant_data=constant,
         coords={"obs": np.arange(len(data))},
-        dims={"loss": ["obs"], **{name: ["obs"] for name in constant}},
+        dims={"loss": ["obs"], "log_loss": ["obs"], **{name: ["obs"] for name in constant}},
         attrs=attrs,
     )
 

@@ -1,9 +1,22 @@
 """ModelSpec + data -> numpyro model function.
 
-One function serves prior predictive, fitting and posterior predictive: the
-observed log losses are passed as ``log_loss=None`` to simulate (numpyro
-practice). Inputs arrive as centred log values (see :mod:`bayescale.laws`),
-so the data-dependent part is computed once, outside the model.
+One function serves prior predictive simulation and fitting: the observed log
+losses are passed as ``log_loss=None`` to simulate (numpyro practice). Inputs
+arrive as centred log values (see :mod:`bayescale.laws`), so the data-dependent
+part is computed once, outside the model.
+
+Geometry. For a sum-of-terms law such as Chinchilla, the data pin the *total*
+loss at the centre of the data, ``L_c = E + A_c + B_c``, far better than its
+split into terms, so in the card's coordinates (``e``, ``a_c``, ``b_c``) the
+posterior is a thin curved shell ``exp(e) + exp(a_c) + exp(b_c) = L_c`` along which
+the exponents bend too (the E-A-alpha ridge; see docs/concepts.md). NUTS samples
+instead ``log L_c`` and stick-breaking logits of each term's share of it. That
+map has a unit Jacobian determinant, so the card's priors on ``e``, ``a_c``,
+``b_c`` carry over exactly as a ``numpyro.factor``; the shell becomes a flat
+direction of the new coordinates. For the compute power law, which has a single
+reducible term, the exponent is reached through the term's log slope at the
+centre as well (:attr:`bayescale.laws.Law.slope_exponents`), which straightens
+the remaining alpha-share ridge.
 """
 
 from __future__ import annotations
@@ -14,9 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from jax.nn import log_sigmoid
 
 from .data import RunTable
 from .spec import ModelSpec
+
+#: Site name of the log total loss at the centre of the data.
+LOG_LOSS_CENTRE = "log_loss_centre"
 
 
 def centre_of(runs: RunTable, spec: ModelSpec) -> dict[str, float]:
@@ -28,6 +45,29 @@ def centre_of(runs: RunTable, spec: ModelSpec) -> dict[str, float]:
 def centred_inputs(values: Mapping[str, np.ndarray], centre: Mapping[str, float]) -> dict[str, jnp.ndarray]:
     """Centred log inputs ``log(value) - centre`` for each input of the law."""
     return {name: jnp.asarray(np.log(np.asarray(values[name], dtype=float)) - centre[name]) for name in centre}
+
+
+def share_logit_names(spec: ModelSpec) -> tuple[str, ...]:
+    """Sites of the stick-breaking logits: one per term but the last."""
+    return tuple(f"logit_share_{name}" for name in spec.law.terms[:-1])
+
+
+def _terms_from_shares(log_total, logits) -> list:
+    """Log of each term from the log total and stick-breaking logits of the shares.
+
+    Term k gets share sigmoid(z_k) of what terms 0..k-1 left; the last term takes the rest.
+    """
+    terms, log_rest = [], log_total
+    for z in logits:
+        terms.append(log_rest + log_sigmoid(z))
+        log_rest = log_rest + log_sigmoid(-z)
+    return [*terms, log_rest]
+
+
+def _flat():
+    # numpyro cannot sample an improper site; fitting never needs to (the optimiser and NUTS
+    # start from init_to_uniform), and simulation draws the card's priors directly instead.
+    return dist.ImproperUniform(dist.constraints.real, (), ())
 
 
 def make_model(spec: ModelSpec):
@@ -43,13 +83,32 @@ def make_model(spec: ModelSpec):
     callable
         ``model(x, log_loss=None)``: ``x`` maps each law input to centred log
         values (one per observation); ``log_loss`` are the observed log losses,
-        or ``None`` to simulate them.
+        or ``None`` to simulate them from the prior.
     """
     law = spec.law
     priors = {name: prior.to_numpyro() for name, prior in spec.priors.items()}
+    reparameterised = len(law.terms) >= 2
 
     def model(x: Mapping[str, jnp.ndarray], log_loss: jnp.ndarray | None = None):
-        theta = {name: numpyro.sample(name, priors[name]) for name in law.parameters}
+        theta = {}
+        if reparameterised and log_loss is not None:
+            # Flat base measure on (log L_c, logits); the unit Jacobian means adding the card's
+            # prior log-densities of the terms gives exactly the card's prior (module docstring).
+            log_total = numpyro.sample(LOG_LOSS_CENTRE, _flat())
+            logits = [numpyro.sample(name, _flat()) for name in share_logit_names(spec)]
+            for name, value in zip(law.terms, _terms_from_shares(log_total, logits)):
+                theta[name] = numpyro.deterministic(name, value)
+                numpyro.factor(f"prior_{name}", priors[name].log_prob(value))
+            for term, exponent in law.slope_exponents.items():
+                # The data pin the slope exponent * exp(term) better than the exponent, which would
+                # otherwise trade off against the shares along a curved ridge: sample the log slope.
+                # Jacobian: |d exponent / d log slope| = exponent.
+                log_slope = numpyro.sample(f"log_slope_{term}", _flat())
+                theta[exponent] = numpyro.deterministic(exponent, jnp.exp(log_slope - theta[term]))
+                numpyro.factor(f"prior_{exponent}", priors[exponent].log_prob(theta[exponent]) + jnp.log(theta[exponent]))
+        for name in law.parameters:
+            if name not in theta:
+                theta[name] = numpyro.sample(name, priors[name])
         sigma = numpyro.sample("sigma", priors["sigma"])
         mean = law.log_loss(theta, x)
         if spec.likelihood == "student_t":

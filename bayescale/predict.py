@@ -148,7 +148,10 @@ def predict_loss(fit, params=None, tokens=None, flops=None, family=None, *, nois
     x = centred_inputs(inputs, {k: v for k, v in fit.centre.items()})
     sampled = fit.draws(list(fit.spec.sampled_parameters))
     log_loss = simulate_log_loss(fit.spec, sampled, x, noise=noise, rng_key=jax.random.PRNGKey(seed))
-    loss = np.exp(log_loss)
+    with np.errstate(over="ignore"):
+        # With noise and Student-t nu <= 1 the predictive loss has no mean: draws may reach inf,
+        # and so may "mean"; the quantiles stay meaningful.
+        loss = np.exp(log_loss)
     frame = pd.DataFrame({**inputs, "family": family or fit.families[0], "quantity": "loss", **_summarise(loss)})
     if draws:
         frame["draws"] = list(loss.T)

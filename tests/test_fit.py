@@ -26,7 +26,7 @@ def test_provenance_travels_with_the_draws(small_fit, small_runs):
     assert attrs["data_hash"] == small_runs.hash()
     assert attrs["bayescale_version"] == bs.__version__
     assert set(small_fit.idata.groups()) >= {"posterior", "posterior_predictive", "sample_stats", "observed_data", "constant_data"}
-    assert small_fit.idata.posterior_predictive["loss"].dims == ("chain", "draw", "obs")
+    assert small_fit.idata.posterior_predictive["log_loss"].dims == ("chain", "draw", "obs")
 
 
 def test_predict_quantiles_are_ordered_and_noise_widens_them(small_fit):
