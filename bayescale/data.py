@@ -62,9 +62,10 @@ class RunTable:
         time by :meth:`require`). Other columns are kept as metadata.
     source
         Where the data came from, used in error messages.
-    row_offset
-        Added to 0-based row positions in error messages (``from_csv`` sets 2
-        so that messages give the line number in the file).
+    row_offset, row_label
+        How error messages number rows: ``row_offset`` is added to the 0-based
+        position and ``row_label`` names the unit (``from_csv`` uses 2 and
+        ``"line"``, so messages give the line number in the file).
 
     Raises
     ------
@@ -79,12 +80,12 @@ class RunTable:
     [1.2e+18, 1.92e+19]
     """
 
-    def __init__(self, data: pd.DataFrame, *, source: str = "the table", row_offset: int = 0):
+    def __init__(self, data: pd.DataFrame, *, source: str = "the table", row_offset: int = 0, row_label: str = "row"):
         if not isinstance(data, pd.DataFrame):
             raise DataError(f"RunTable needs a pandas DataFrame, got {type(data).__name__}")
         self.source = source
         self._row_offset = row_offset
-        self._where = "line" if row_offset == 2 else "row"
+        self._row_label = row_label
         df = data.reset_index(drop=True).copy()
         self._check_column_names(df)
         if len(df) == 0:
@@ -110,7 +111,7 @@ class RunTable:
             df = pd.read_csv(path, **read_csv_kwargs)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
             raise DataError(f"could not read {path} as CSV ({err}); save it as comma-separated text with a header row") from None
-        return cls(df, source=str(path), row_offset=2)
+        return cls(df, source=str(path), row_offset=2, row_label="line")
 
     @classmethod
     def from_parquet(cls, path: str | Path) -> "RunTable":
@@ -123,7 +124,7 @@ class RunTable:
     # --- validation --------------------------------------------------------
 
     def _rows(self, mask: np.ndarray) -> str:
-        return f"{self._where}s {_rows_text(np.flatnonzero(mask), self._row_offset)}"
+        return f"{self._row_label}s {_rows_text(np.flatnonzero(mask), self._row_offset)}"
 
     def _check_column_names(self, df: pd.DataFrame) -> None:
         for column in df.columns:

@@ -173,21 +173,19 @@ def fit(
     jax.block_until_ready(mcmc.get_samples())  # JAX dispatches asynchronously: time the real work
     elapsed = time.perf_counter() - started
 
-    idata = _to_inference_data(mcmc, spec, runs, centre, seed, key_ppc)
+    idata = _to_inference_data(mcmc, spec, runs, x, centre, seed, key_ppc)
     diagnostics = diagnose(idata, list(spec.sampled_parameters))
     _say(f"sampled in {elapsed:.1f} s; {'no problems found' if diagnostics.ok else 'see warnings'}", progress)
     diagnostics.warn()
     return Fit(idata=idata, spec=spec, diagnostics=diagnostics)
 
 
-def _to_inference_data(mcmc: MCMC, spec: ModelSpec, runs: RunTable, centre: dict, seed: int, key_ppc):
+def _to_inference_data(mcmc: MCMC, spec: ModelSpec, runs: RunTable, x: dict, centre: dict, seed: int, key_ppc):
     samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items() if k != "log_loss"}
     extra = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
     natural = {k: np.asarray(v) for k, v in spec.law.natural(samples, centre).items()}
     posterior = {**samples, **{k: v for k, v in natural.items() if k not in samples}}
     data = runs.data
-
-    x = centred_inputs(data, centre)
     predicted = simulate_log_loss(spec, posterior, x, noise=True, rng_key=key_ppc)
     constant = {name: data[name].to_numpy(dtype=float) for name in ("params", "tokens", "flops") if name in data}
     constant["family_index"] = runs.family_codes()
