@@ -145,7 +145,7 @@ def predict_loss(fit, params=None, tokens=None, flops=None, family=None, *, nois
     """
     _check_family(fit, family)
     inputs = _complete_inputs(fit.spec, params, tokens, flops)
-    x = centred_inputs(inputs, {k: v for k, v in fit.centre.items()})
+    x = centred_inputs(inputs, fit.centre)
     sampled = fit.draws(list(fit.spec.sampled_parameters))
     log_loss = simulate_log_loss(fit.spec, sampled, x, noise=noise, rng_key=jax.random.PRNGKey(seed))
     with np.errstate(over="ignore"):
