@@ -33,9 +33,9 @@ SUMMARY_QUANTILES = {"q2.5": 0.025, "q50": 0.5, "q97.5": 0.975}
 def _enable_compilation_cache() -> None:
     """Turn on JAX's persistent compilation cache when ``BAYESCALE_COMPILATION_CACHE`` names a folder.
 
-    Off by default: in a test run of 48 fits, jax 0.10.2 crashed (segmentation fault) while
-    writing a compiled program to the cache. Where it works, a refit of the same shapes loads
-    the program (~1 s) instead of compiling it.
+    Off by default: late in a pytest process of ~75 fits, jax 0.10.2 crashed (segmentation
+    fault) once while writing a compiled program to this cache (and once, cache off, while
+    compiling). Where it works, a refit of the same shapes loads the program (~1 s).
     """
     folder = os.environ.get("BAYESCALE_COMPILATION_CACHE", "")
     if not folder or folder == "0" or jax.config.jax_compilation_cache_dir:
