@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,15 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-import scipy.optimize
-from jax.flatten_util import ravel_pytree
-from numpyro.infer import MCMC, NUTS, init_to_uniform
-from numpyro.infer.util import initialize_model
 
 from . import __version__
 from ._arviz import az
 from .data import DataError, RunTable
 from .diagnostics import Diagnostics, diagnose
+from .engine import Settings, devices_for, enable_compilation_cache, sampler_for
 from .model import centre_of, centred_inputs, make_model
 from .predict import optimal_allocation, predict_loss, simulate_log_loss
 from .spec import ModelSpec
@@ -30,60 +25,9 @@ from .spec import ModelSpec
 SUMMARY_QUANTILES = {"q2.5": 0.025, "q50": 0.5, "q97.5": 0.975}
 
 
-def _enable_compilation_cache() -> None:
-    """Turn on JAX's persistent compilation cache when ``BAYESCALE_COMPILATION_CACHE`` names a folder.
-
-    Off by default: late in a pytest process of ~75 fits, jax 0.10.2 crashed (segmentation
-    fault) once while writing a compiled program to this cache (and once, cache off, while
-    compiling). Where it works, a refit of the same shapes loads the program (~1 s).
-    """
-    folder = os.environ.get("BAYESCALE_COMPILATION_CACHE", "")
-    if not folder or folder == "0" or jax.config.jax_compilation_cache_dir:
-        return
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", folder)
-
-
 def _say(message: str, progress: bool) -> None:
     if progress:
         print(f"bayescale: {message}", file=sys.stderr, flush=True)
-
-
-def _optimised_inits(model_fn, model_args, num_chains: int, rng_key) -> dict:
-    """Per-chain starting points: a posterior mode found by L-BFGS from a random start.
-
-    Each chain starts its own optimiser from a uniform(-2, 2) draw in unconstrained
-    space (Stan's default), so distinct modes, if any, show up as disagreeing chains
-    rather than being hidden by one shared start. Starting NUTS near the mode shortens
-    the first warm-up window, where step size and mass matrix are still poor.
-    """
-    keys = jax.random.split(rng_key, num_chains)
-    info, potential_fn, _, _ = initialize_model(
-        keys, model_fn, model_args=model_args, init_strategy=init_to_uniform(radius=2.0)
-    )
-    starts = info.z
-    first = jax.tree_util.tree_map(lambda leaf: leaf[0], starts)
-    _, unravel = ravel_pytree(first)
-    value_and_grad = jax.jit(jax.value_and_grad(lambda flat: potential_fn(unravel(flat))))
-
-    def objective(flat):
-        value, grad = value_and_grad(jnp.asarray(flat))
-        return float(value), np.asarray(grad, dtype=float)
-
-    optimised = []
-    for chain in range(num_chains):
-        start = np.asarray(ravel_pytree(jax.tree_util.tree_map(lambda leaf: leaf[chain], starts))[0])
-        result = scipy.optimize.minimize(objective, start, jac=True, method="L-BFGS-B", options={"maxiter": 500})
-        optimised.append(result.x if np.all(np.isfinite(result.x)) and np.isfinite(result.fun) else start)
-    return jax.vmap(unravel)(jnp.asarray(np.stack(optimised)))
-
-
-def _chain_method(requested: str, num_chains: int) -> str:
-    if requested != "auto":
-        return requested
-    # One chain per device when there are enough devices (GPUs, or CPU devices made with
-    # XLA_FLAGS=--xla_force_host_platform_device_count); otherwise one vectorised program.
-    return "parallel" if jax.local_device_count() >= num_chains > 1 else "vectorized"
 
 
 def fit(
@@ -96,6 +40,7 @@ def fit(
     num_samples: int = 1000,
     target_accept: float = 0.8,
     chain_method: str = "auto",
+    max_tree_depth: int = 10,
     progress: bool = True,
 ) -> "Fit":
     """Fit a scaling-law model card to runs with NUTS.
@@ -114,10 +59,12 @@ def fit(
     target_accept
         NUTS target acceptance probability; raise it (0.9-0.99) if divergences are reported.
     chain_method
-        ``"auto"`` (parallel over devices when there are enough, else vectorised),
-        ``"parallel"``, ``"vectorized"`` or ``"sequential"``.
+        ``"auto"`` (chains split across devices when there are several, else vectorised on
+        one), ``"parallel"`` or ``"vectorized"``; see :mod:`bayescale.engine`.
+    max_tree_depth
+        NUTS's maximum tree depth; raise it if the diagnostics report saturated trees.
     progress
-        Print progress and timing to stderr (and numpyro's progress bar on a terminal).
+        Print progress and timing to stderr.
 
     Returns
     -------
@@ -133,8 +80,7 @@ def fit(
     if not isinstance(runs, RunTable):
         runs = RunTable(runs)
     spec = ModelSpec.load(model)
-    if num_chains < 1 or num_warmup < 1 or num_samples < 1:
-        raise ValueError("num_chains, num_warmup and num_samples must each be at least 1")
+    settings = Settings(num_chains, num_warmup, num_samples, target_accept, max_tree_depth)
     runs.require(spec.law.inputs, spec.law.exponents)
     if len(runs.families) > 1:
         raise DataError(
@@ -142,47 +88,33 @@ def fit(
             f"{spec.name!r} has one set of parameters for all rows; fit one family at a time "
             "(filter the table by 'family') or drop the 'family' column to pool them completely"
         )
-    _enable_compilation_cache()
+    enable_compilation_cache()
 
     data = runs.data
     centre = centre_of(runs, spec)
     x = centred_inputs(data, centre)
     log_loss = jnp.log(jnp.asarray(data["loss"].to_numpy(dtype=float)))
-    model_fn = make_model(spec)
-    key_init, key_mcmc, key_ppc = jax.random.split(jax.random.PRNGKey(seed), 3)
-
-    method = _chain_method(chain_method, num_chains)
+    key_mcmc, key_ppc = jax.random.split(jax.random.PRNGKey(seed))
+    sampler = sampler_for(spec.text, lambda: make_model(spec), (x, log_loss), settings, devices=devices_for(chain_method, num_chains))
     _say(
         f"fitting card {spec.name!r} to {len(runs)} observations: {num_chains} chains x "
-        f"({num_warmup} warm-up + {num_samples} draws), {method} chains",
+        f"({num_warmup} warm-up + {num_samples} draws){'' if sampler.runs else ', compiling first'}",
         progress,
     )
-    started = time.perf_counter()
-    inits = _optimised_inits(model_fn, (x, log_loss), num_chains, key_init)
-    kernel = NUTS(model_fn, target_accept_prob=target_accept, dense_mass=True)
-    mcmc = MCMC(
-        kernel,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        num_chains=num_chains,
-        chain_method=method,
-        progress_bar=progress and sys.stderr.isatty(),
-    )
-    init_params = inits if num_chains > 1 else jax.tree_util.tree_map(lambda leaf: leaf[0], inits)
-    mcmc.run(key_mcmc, x, log_loss, init_params=init_params, extra_fields=("diverging", "energy", "num_steps", "accept_prob"))
-    jax.block_until_ready(mcmc.get_samples())  # JAX dispatches asynchronously: time the real work
-    elapsed = time.perf_counter() - started
-
-    idata = _to_inference_data(mcmc, spec, runs, x, centre, seed, key_ppc)
+    draws = sampler.run(key_mcmc, (x, log_loss), progress=progress)
+    idata = to_inference_data(draws.samples, draws.stats, spec, runs, x, centre, seed, key_ppc)
     diagnostics = diagnose(idata, list(spec.sampled_parameters))
-    _say(f"sampled in {elapsed:.1f} s; {'no problems found' if diagnostics.ok else 'see warnings'}", progress)
+    _say(f"done in {draws.seconds:.1f} s; {'no problems found' if diagnostics.ok else 'see warnings'}", progress)
     diagnostics.warn()
     return Fit(idata=idata, spec=spec, diagnostics=diagnostics)
 
 
-def _to_inference_data(mcmc: MCMC, spec: ModelSpec, runs: RunTable, x: dict, centre: dict, seed: int, key_ppc):
-    samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items() if k != "log_loss"}
-    extra = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
+def to_inference_data(samples: dict, stats: dict, spec: ModelSpec, runs: RunTable, x: dict, centre: dict, seed: int, key_ppc):
+    """Assemble the InferenceData of a fit from draws of shape ``(chain, draw)``.
+
+    Adds the card's published parameters, posterior predictive log losses, the data and
+    the provenance attributes (card text, data hash, package version, centre, seed).
+    """
     natural = {k: np.asarray(v) for k, v in spec.law.natural(samples, centre).items()}
     posterior = {**samples, **{k: v for k, v in natural.items() if k not in samples}}
     data = runs.data
@@ -203,12 +135,7 @@ def _to_inference_data(mcmc: MCMC, spec: ModelSpec, runs: RunTable, x: dict, cen
         posterior=posterior,
         # Log scale: with Student-t noise of nu near 1 a draw of exp(log loss) can overflow.
         posterior_predictive={"log_loss": predicted},
-        sample_stats={
-            "diverging": extra["diverging"],
-            "energy": extra["energy"],
-            "n_steps": extra["num_steps"],
-            "acceptance_rate": extra["accept_prob"],
-        },
+        sample_stats=stats,
         observed_data={"loss": data["loss"].to_numpy(dtype=float), "log_loss": np.log(data["loss"].to_numpy(dtype=float))},
         constant_data=constant,
         coords={"obs": np.arange(len(data))},

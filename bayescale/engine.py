@@ -1,0 +1,366 @@
+"""Compile-once NUTS: one traced and compiled program per model card and data shape.
+
+numpyro's ``MCMC.run`` traces and compiles its sampler again on every call when its
+progress bar is off (numpyro 0.22), which was 10-19 s of a 20 s fit. Here the model's
+data are *arguments* of the compiled program, not constants baked into it, so a refit
+of the same card to data of the same shape reuses the program; :func:`sampler_for`
+keeps one :class:`Sampler` per (card, settings, data shape) for the life of the process.
+
+Each chain, in one program (vectorised over chains, and over data sets in
+:mod:`bayescale.parallel`):
+
+1. starts from a uniform(-2, 2) draw in unconstrained space (Stan's default) and runs
+   BFGS from there to a posterior mode, so the first warm-up window does not spend its
+   iterations walking in from a poor start; distinct modes still show up as chains
+   that disagree, because each chain optimises from its own start;
+2. runs numpyro's NUTS kernel (``numpyro.infer.hmc.hmc``: Stan's windowed adaptation of
+   step size and a dense mass matrix), in chunks of at most :data:`CHUNK` iterations so
+   that progress can be reported between chunks without a second compiled program.
+
+The kernel is numpyro's own, so the sampler's statistics are those of ``NUTS`` in
+``MCMC``; only the program around it differs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.flatten_util import ravel_pytree
+from jax.sharding import PartitionSpec
+from numpyro import handlers
+from numpyro.distributions.transforms import biject_to
+from numpyro.infer.hmc import hmc
+from numpyro.infer.initialization import init_to_uniform
+from numpyro.infer.util import constrain_fn, potential_energy
+
+#: Most NUTS iterations per call of the compiled program (progress is reported between calls).
+CHUNK = 250
+
+#: Per-iteration sampler statistics kept, with their arviz ``sample_stats`` names.
+STATISTICS = {"diverging": "diverging", "energy": "energy", "num_steps": "n_steps", "accept_prob": "acceptance_rate"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """NUTS settings that shape the compiled program.
+
+    Attributes
+    ----------
+    num_chains, num_warmup, num_samples
+        Chains, warm-up iterations and kept draws per chain.
+    target_accept
+        Target acceptance probability of step-size adaptation.
+    max_tree_depth
+        NUTS's maximum tree depth (at most ``2**max_tree_depth`` gradient evaluations per draw).
+    dense_mass
+        Adapt a dense (rather than diagonal) mass matrix: the posteriors of scaling laws are
+        strongly correlated even after reparameterisation, and have few parameters.
+    """
+
+    num_chains: int = 4
+    num_warmup: int = 1000
+    num_samples: int = 1000
+    target_accept: float = 0.8
+    max_tree_depth: int = 10
+    dense_mass: bool = True
+
+    def __post_init__(self):
+        if self.num_chains < 1 or self.num_warmup < 1 or self.num_samples < 1:
+            raise ValueError("num_chains, num_warmup and num_samples must each be at least 1")
+        if not 0 < self.target_accept < 1:
+            raise ValueError(f"target_accept must be between 0 and 1, got {self.target_accept}")
+
+
+@dataclass(frozen=True)
+class Draws:
+    """What a sampler run returns, as NumPy arrays with leading axes ``(chain, draw)``
+    (``(dataset, chain, draw)`` for a batched sampler).
+
+    Attributes
+    ----------
+    samples
+        Constrained values of every latent and deterministic site of the model.
+    stats
+        Per-iteration sampler statistics, keyed by their arviz names (:data:`STATISTICS`).
+    seconds
+        Wall time of the run (optimisation, warm-up and sampling; compilation included
+        where the program was not compiled yet).
+    compiled
+        Whether this run had to trace and compile the program.
+    """
+
+    samples: dict
+    stats: dict
+    seconds: float
+    compiled: bool
+
+
+def _latent_example(model, args) -> dict:
+    """An unconstrained value for each latent site of ``model(*args)``: fixes the flat layout."""
+    seeded = handlers.substitute(handlers.seed(model, rng_seed=0), substitute_fn=init_to_uniform)
+    trace = handlers.trace(seeded).get_trace(*args)
+    return {
+        name: biject_to(site["fn"].support).inv(site["value"])
+        for name, site in trace.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    }
+
+
+def find_mode(potential, z0, *, max_iterations: int = 200):
+    """Minimise ``potential`` from ``z0`` by Levenberg-Marquardt-damped Newton steps.
+
+    Scaling-law posteriors have few parameters, so the exact Hessian is cheap, and damped
+    Newton converges from the poor starts where ``jax.scipy.optimize``'s BFGS stops at a
+    failed line search (it did for 8 of 8 uniform(-2, 2) starts on the Chinchilla card,
+    where scipy's L-BFGS-B converged for all 8). A step that does not lower the potential
+    (or leaves its domain) is rejected and the damping raised tenfold.
+
+    Returns
+    -------
+    (z, hessian)
+        The mode (or the best point found) and the Hessian of ``potential`` there.
+    """
+    gradient, hessian = jax.grad(potential), jax.hessian(potential)
+    eye = jnp.eye(z0.shape[0])
+
+    def improve(state):
+        z, value, grad, hess, damping, i, _ = state
+        step = -jnp.linalg.solve(hess + damping * eye, grad)
+        candidate = z + step
+        new_value = potential(candidate)
+        better = jnp.isfinite(new_value) & jnp.all(jnp.isfinite(step)) & (new_value < value)
+        converged = better & (value - new_value < 1e-10 * (1.0 + jnp.abs(value)))
+        z = jnp.where(better, candidate, z)
+        value = jnp.where(better, new_value, value)
+        grad = jnp.where(better, gradient(z), grad)
+        hess = jnp.where(better, hessian(z), hess)
+        damping = jnp.clip(jnp.where(better, damping / 3.0, damping * 10.0), 1e-9, 1e12)
+        return z, value, grad, hess, damping, i + 1, converged
+
+    def running(state):
+        *_, damping, i, converged = state
+        return (i < max_iterations) & ~converged & (damping < 1e12)
+
+    state = (z0, potential(z0), gradient(z0), hessian(z0), jnp.asarray(1.0), 0, jnp.asarray(False))
+    z, _, _, hess, *_ = lax.while_loop(running, improve, state)
+    return z, hess
+
+
+def _covariance(precision):
+    """Covariance and its square root from a Hessian, with eigenvalues floored so that a
+    Hessian that is not positive definite (a chain stuck off the mode) still gives a metric."""
+    precision = 0.5 * (precision + precision.T)
+    eigenvalues, vectors = jnp.linalg.eigh(precision)
+    eigenvalues = jnp.clip(eigenvalues, 1e-3, None)  # at most unit-scale 30 in a flat direction
+    scale = vectors * (eigenvalues**-0.5)[None, :]
+    return scale @ scale.T, scale
+
+
+class Sampler:
+    """NUTS compiled for one model and one shape of data, reusable across data sets.
+
+    Parameters
+    ----------
+    model
+        A numpyro model ``model(*args)`` whose data are all in ``args``.
+    example_args
+        Arguments of the shape the program is compiled for.
+    settings
+        NUTS settings.
+    batched
+        Compile for a batch of data sets (a leading axis on every argument) rather than one.
+    devices
+        Devices to split the chains (or, when batched, the data sets) across, each running
+        its share as one vectorised program; ``None`` runs everything on the default device.
+    """
+
+    def __init__(self, model, example_args: tuple, settings: Settings, *, batched: bool = False, devices=None):
+        self.settings = settings
+        self.batched = batched
+        self.runs = 0
+        one_example = jax.tree_util.tree_map(lambda leaf: leaf[0], example_args) if batched else example_args
+        flat, unravel = ravel_pytree(_latent_example(model, one_example))
+        self.dim = flat.size
+
+        def potential(z, args):
+            return potential_energy(model, args, {}, unravel(z))
+
+        init_kernel, sample_kernel = hmc(potential_fn_gen=lambda args: partial(potential, args=args), algo="NUTS")
+
+        def start_chain(key, args):
+            key_start, key_jitter, key_nuts = jax.random.split(key, 3)
+            z0 = jax.random.uniform(key_start, (self.dim,), minval=-2.0, maxval=2.0)
+            z_mode, precision = find_mode(partial(potential, args=args), z0)
+            # Start at a draw from the Laplace approximation at this chain's mode, with that
+            # approximation's covariance as the first mass matrix: the first warm-up window
+            # then explores the posterior rather than walking to it with unit step lengths.
+            covariance, scale = _covariance(precision)
+            z_start = z_mode + scale @ jax.random.normal(key_jitter, (self.dim,))
+            z_start = jnp.where(jnp.isfinite(potential(z_start, args)), z_start, z_mode)
+            return init_kernel(
+                z_start,
+                settings.num_warmup,
+                inverse_mass_matrix=covariance if settings.dense_mass else jnp.diag(covariance),
+                dense_mass=settings.dense_mass,
+                target_accept_prob=settings.target_accept,
+                max_tree_depth=settings.max_tree_depth,
+                model_args=(args,),
+                rng_key=key_nuts,
+            )
+
+        def advance_chain(state, args, steps):
+            # A dynamic trip count into a fixed-size buffer: chunks of any length share one program.
+            def body(i, carry):
+                state, buffer = carry
+                state = sample_kernel(state, model_args=(args,))
+                row = {"z": state.z, **{name: getattr(state, name) for name in STATISTICS}}
+                buffer = jax.tree_util.tree_map(lambda b, v: b.at[i].set(v), buffer, row)
+                return state, buffer
+
+            shapes = {"z": (self.dim,), "diverging": (), "energy": (), "num_steps": (), "accept_prob": ()}
+            dtypes = {"diverging": bool, "num_steps": jnp.result_type(int)}
+            buffer = {k: jnp.zeros((CHUNK, *s), dtypes.get(k, jnp.result_type(float))) for k, s in shapes.items()}
+            return lax.fori_loop(0, steps, body, (state, buffer))
+
+        def constrain(z, args):
+            return constrain_fn(model, args, {}, unravel(z), return_deterministic=True)
+
+        start_chains = jax.vmap(start_chain, in_axes=(0, None))
+        advance_chains = jax.vmap(advance_chain, in_axes=(0, None, None))
+        constrain_draws = jax.vmap(jax.vmap(constrain, in_axes=(0, None)), in_axes=(0, None))
+        if batched:
+            start_chains = jax.vmap(start_chains)
+            advance_chains = jax.vmap(advance_chains, in_axes=(0, 0, None))
+            constrain_draws = jax.vmap(constrain_draws)
+        if devices is not None and len(devices) > 1:
+            # shard_map, not a sharded jit: each device runs its own NUTS loops, where SPMD
+            # partitioning of one vmapped loop would synchronise every device at every leapfrog step.
+            mesh = jax.make_mesh((len(devices),), ("split",), devices=devices)
+            split, same = PartitionSpec("split"), PartitionSpec()
+            data = split if batched else same
+            start_chains = jax.shard_map(start_chains, mesh=mesh, in_specs=(split, data), out_specs=split, check_vma=False)
+            advance_chains = jax.shard_map(
+                advance_chains, mesh=mesh, in_specs=(split, data, same), out_specs=split, check_vma=False
+            )
+        self._start = jax.jit(start_chains)
+        self._advance = jax.jit(advance_chains)
+        self._constrain = jax.jit(constrain_draws)
+
+    def run(self, rng_key, args: tuple, *, progress: bool = False, label: str = "") -> Draws:
+        """Optimise, warm up and sample every chain.
+
+        Parameters
+        ----------
+        rng_key
+            JAX PRNG key; chain ``c`` (of data set ``k``) uses its own split of it.
+        args
+            The model's arguments (with a leading data-set axis when batched).
+        progress
+            Report warm-up and sampling progress on stderr.
+        label
+            Prefix of the progress lines.
+
+        Returns
+        -------
+        Draws
+        """
+        s = self.settings
+        started = time.perf_counter()
+        leading = (jax.tree_util.tree_leaves(args)[0].shape[0],) if self.batched else ()
+        keys = jax.random.split(rng_key, int(np.prod(leading, dtype=int)) * s.num_chains)
+        keys = keys.reshape(*leading, s.num_chains, *keys.shape[1:])
+        states = self._start(keys, args)
+        draw_axis = len(leading) + 1  # after the data-set and chain axes
+        kept = []
+        for phase, total in (("warm-up", s.num_warmup), ("sampling", s.num_samples)):
+            done = 0
+            while done < total:
+                steps = min(CHUNK, total - done)
+                states, buffer = self._advance(states, args, steps)
+                if phase == "sampling":
+                    kept.append({k: np.take(np.asarray(b), np.arange(steps), axis=draw_axis) for k, b in buffer.items()})
+                else:
+                    jax.block_until_ready(states)
+                done += steps
+                _report(progress, f"{label}{phase} {done}/{total} ({time.perf_counter() - started:.1f} s)", final=done == total)
+        collected = {k: np.concatenate([chunk[k] for chunk in kept], axis=draw_axis) for k in kept[0]}
+        samples = self._constrain(jnp.asarray(collected.pop("z")), args)
+        self.runs += 1
+        return Draws(
+            samples={k: np.asarray(v) for k, v in samples.items()},
+            stats={STATISTICS[k]: v for k, v in collected.items()},
+            seconds=time.perf_counter() - started,
+            compiled=self.runs == 1,
+        )
+
+
+def _report(progress: bool, message: str, final: bool) -> None:
+    if not progress:
+        return
+    if sys.stderr.isatty():
+        print(f"\rbayescale: {message}", end="\n" if final else "", file=sys.stderr, flush=True)
+    elif final:
+        print(f"bayescale: {message}", file=sys.stderr, flush=True)
+
+
+_SAMPLERS: dict = {}
+
+
+def sampler_for(key, model_factory, args: tuple, settings: Settings, *, batched: bool = False, devices=None) -> Sampler:
+    """The cached :class:`Sampler` for ``key`` (e.g. a card's text), settings, devices and data shape.
+
+    ``model_factory()`` builds the model the first time only, so a refit reuses both the
+    model function and the compiled programs that close over it.
+    """
+    shapes = tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree_util.tree_leaves(args))
+    structure = jax.tree_util.tree_structure(args)
+    cache_key = (key, settings, batched, devices, shapes, structure)
+    if cache_key not in _SAMPLERS:
+        _SAMPLERS[cache_key] = Sampler(model_factory(), args, settings, batched=batched, devices=devices)
+    return _SAMPLERS[cache_key]
+
+
+def devices_for(chain_method: str, num_chains: int):
+    """Devices to split ``num_chains`` chains across, or ``None`` for one vectorised program.
+
+    ``"auto"`` and ``"parallel"`` use as many local devices as divide the chains evenly
+    (GPUs, TPUs, or CPU devices made with ``XLA_FLAGS=--xla_force_host_platform_device_count``);
+    ``"vectorized"`` keeps every chain on the default device.
+    """
+    if chain_method not in ("auto", "parallel", "vectorized"):
+        raise ValueError(f"chain_method must be 'auto', 'parallel' or 'vectorized', got {chain_method!r}")
+    if chain_method == "vectorized":
+        return None
+    devices = jax.local_devices()
+    count = max(k for k in range(1, min(len(devices), num_chains) + 1) if num_chains % k == 0)
+    return tuple(devices[:count]) if count > 1 else None
+
+
+def enable_compilation_cache() -> None:
+    """Turn on JAX's persistent compilation cache, so a new process loads compiled samplers.
+
+    The folder is ``$BAYESCALE_COMPILATION_CACHE`` if set, else ``bayescale/jax`` under the
+    user's cache folder (``$XDG_CACHE_HOME``, default ``~/.cache``); set the variable to
+    ``0`` or ``off`` to leave the cache off. A cache folder the caller configured for JAX
+    is left alone.
+    """
+    if jax.config.jax_compilation_cache_dir:
+        return
+    folder = os.environ.get("BAYESCALE_COMPILATION_CACHE")
+    if folder is not None and folder.strip().lower() in ("", "0", "off", "false", "no"):
+        return
+    if folder is None:
+        folder = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bayescale", "jax")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return  # a read-only home: compile in memory as before
+    jax.config.update("jax_compilation_cache_dir", folder)
