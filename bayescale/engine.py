@@ -103,15 +103,24 @@ class Draws:
     compiled: bool
 
 
-def _latent_example(model, args) -> dict:
-    """An unconstrained value for each latent site of ``model(*args)``: fixes the flat layout."""
-    seeded = handlers.substitute(handlers.seed(model, rng_seed=0), substitute_fn=init_to_uniform)
-    trace = handlers.trace(seeded).get_trace(*args)
-    return {
-        name: biject_to(site["fn"].support).inv(site["value"])
-        for name, site in trace.items()
-        if site["type"] == "sample" and not site["is_observed"]
-    }
+def _latent_layout(model, args) -> dict:
+    """Zeros shaped like each latent site's unconstrained value: fixes the flat layout.
+
+    Traced abstractly (``jax.eval_shape``): run eagerly, each of the model's operations
+    would be compiled on its own, seconds of a fresh process.
+    """
+
+    def unconstrained(args):
+        seeded = handlers.substitute(handlers.seed(model, rng_seed=0), substitute_fn=init_to_uniform)
+        trace = handlers.trace(seeded).get_trace(*args)
+        return {
+            name: biject_to(site["fn"].support).inv(site["value"])
+            for name, site in trace.items()
+            if site["type"] == "sample" and not site["is_observed"]
+        }
+
+    shapes = jax.eval_shape(unconstrained, args)
+    return {name: jnp.zeros(s.shape, s.dtype) for name, s in shapes.items()}
 
 
 def find_mode(potential, z0, *, max_iterations: int = 200):
@@ -155,13 +164,13 @@ def find_mode(potential, z0, *, max_iterations: int = 200):
 
 
 def _covariance(precision):
-    """Covariance and its square root from a Hessian, with eigenvalues floored so that a
-    Hessian that is not positive definite (a chain stuck off the mode) still gives a metric."""
+    """Covariance from a Hessian, with eigenvalues floored so that a Hessian that is not
+    positive definite (a chain stopped off the mode) or is nearly flat along a ridge still
+    gives a usable metric (at most 30 unconstrained units of scale in any direction)."""
     precision = 0.5 * (precision + precision.T)
     eigenvalues, vectors = jnp.linalg.eigh(precision)
-    eigenvalues = jnp.clip(eigenvalues, 1e-3, None)  # at most unit-scale 30 in a flat direction
-    scale = vectors * (eigenvalues**-0.5)[None, :]
-    return scale @ scale.T, scale
+    scale = vectors * (jnp.clip(eigenvalues, 1e-3, None) ** -0.5)[None, :]
+    return scale @ scale.T
 
 
 class Sampler:
@@ -187,26 +196,26 @@ class Sampler:
         self.batched = batched
         self.runs = 0
         one_example = jax.tree_util.tree_map(lambda leaf: leaf[0], example_args) if batched else example_args
-        flat, unravel = ravel_pytree(_latent_example(model, one_example))
+        flat, unravel = ravel_pytree(_latent_layout(model, one_example))
         self.dim = flat.size
 
+        @jax.jit  # traced once, then reused as a jaxpr by every transformation below
         def potential(z, args):
             return potential_energy(model, args, {}, unravel(z))
 
         init_kernel, sample_kernel = hmc(potential_fn_gen=lambda args: partial(potential, args=args), algo="NUTS")
 
         def start_chain(key, args):
-            key_start, key_jitter, key_nuts = jax.random.split(key, 3)
+            key_start, key_nuts = jax.random.split(key)
             z0 = jax.random.uniform(key_start, (self.dim,), minval=-2.0, maxval=2.0)
             z_mode, precision = find_mode(partial(potential, args=args), z0)
-            # Start at a draw from the Laplace approximation at this chain's mode, with that
-            # approximation's covariance as the first mass matrix: the first warm-up window
-            # then explores the posterior rather than walking to it with unit step lengths.
-            covariance, scale = _covariance(precision)
-            z_start = z_mode + scale @ jax.random.normal(key_jitter, (self.dim,))
-            z_start = jnp.where(jnp.isfinite(potential(z_start, args)), z_start, z_mode)
+            # Start at this chain's mode with the Laplace approximation's covariance as the first
+            # mass matrix: the first warm-up window then explores the posterior rather than
+            # walking to it with unit step lengths. (Starting at a draw from the approximation
+            # instead threw chains far along weakly identified ridges, where they adapted badly.)
+            covariance = _covariance(precision)
             return init_kernel(
-                z_start,
+                z_mode,
                 settings.num_warmup,
                 inverse_mass_matrix=covariance if settings.dense_mass else jnp.diag(covariance),
                 dense_mass=settings.dense_mass,
@@ -243,7 +252,7 @@ class Sampler:
         if devices is not None and len(devices) > 1:
             # shard_map, not a sharded jit: each device runs its own NUTS loops, where SPMD
             # partitioning of one vmapped loop would synchronise every device at every leapfrog step.
-            mesh = jax.make_mesh((len(devices),), ("split",), devices=devices)
+            mesh = jax.make_mesh((len(devices),), ("split",), (jax.sharding.AxisType.Auto,), devices=devices)
             split, same = PartitionSpec("split"), PartitionSpec()
             data = split if batched else same
             start_chains = jax.shard_map(start_chains, mesh=mesh, in_specs=(split, data), out_specs=split, check_vma=False)
@@ -364,3 +373,5 @@ def enable_compilation_cache() -> None:
     except OSError:
         return  # a read-only home: compile in memory as before
     jax.config.update("jax_compilation_cache_dir", folder)
+    # Cache small programs too: a fresh process otherwise recompiles some 50 of them (~2 s).
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -94,22 +94,21 @@ def fit(
     centre = centre_of(runs, spec)
     x = centred_inputs(data, centre)
     log_loss = jnp.log(jnp.asarray(data["loss"].to_numpy(dtype=float)))
-    key_mcmc, key_ppc = jax.random.split(jax.random.PRNGKey(seed))
     sampler = sampler_for(spec.text, lambda: make_model(spec), (x, log_loss), settings, devices=devices_for(chain_method, num_chains))
     _say(
         f"fitting card {spec.name!r} to {len(runs)} observations: {num_chains} chains x "
         f"({num_warmup} warm-up + {num_samples} draws){'' if sampler.runs else ', compiling first'}",
         progress,
     )
-    draws = sampler.run(key_mcmc, (x, log_loss), progress=progress)
-    idata = to_inference_data(draws.samples, draws.stats, spec, runs, x, centre, seed, key_ppc)
+    draws = sampler.run(jax.random.PRNGKey(seed), (x, log_loss), progress=progress)
+    idata = to_inference_data(draws.samples, draws.stats, spec, runs, x, centre, seed)
     diagnostics = diagnose(idata, list(spec.sampled_parameters))
     _say(f"done in {draws.seconds:.1f} s; {'no problems found' if diagnostics.ok else 'see warnings'}", progress)
     diagnostics.warn()
     return Fit(idata=idata, spec=spec, diagnostics=diagnostics)
 
 
-def to_inference_data(samples: dict, stats: dict, spec: ModelSpec, runs: RunTable, x: dict, centre: dict, seed: int, key_ppc):
+def to_inference_data(samples: dict, stats: dict, spec: ModelSpec, runs: RunTable, x: dict, centre: dict, seed: int):
     """Assemble the InferenceData of a fit from draws of shape ``(chain, draw)``.
 
     Adds the card's published parameters, posterior predictive log losses, the data and
@@ -118,7 +117,7 @@ def to_inference_data(samples: dict, stats: dict, spec: ModelSpec, runs: RunTabl
     natural = {k: np.asarray(v) for k, v in spec.law.natural(samples, centre).items()}
     posterior = {**samples, **{k: v for k, v in natural.items() if k not in samples}}
     data = runs.data
-    predicted = simulate_log_loss(spec, posterior, x, noise=True, rng_key=key_ppc)
+    predicted = simulate_log_loss(spec, posterior, x, noise=True, rng=np.random.default_rng(seed))
     constant = {name: data[name].to_numpy(dtype=float) for name in ("params", "tokens", "flops") if name in data}
     constant["family_index"] = runs.family_codes()
     attrs = {

@@ -6,6 +6,7 @@ full joint uncertainty of the parameters (no delta method, no plug-in).
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping
 
 import jax
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from .laws import get_law
 from .model import centred_inputs
 from .spec import ModelSpec
 
@@ -26,7 +28,7 @@ def simulate_log_loss(
     x: Mapping[str, jnp.ndarray],
     *,
     noise: bool,
-    rng_key=None,
+    rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """Log loss at centred log inputs ``x`` for each posterior draw.
 
@@ -42,27 +44,36 @@ def simulate_log_loss(
     noise
         Add the likelihood's observation noise (a new run's loss) rather than the
         noise-free law (the expected loss).
-    rng_key
-        JAX PRNG key, needed when ``noise`` is true.
+    rng
+        NumPy random generator, needed when ``noise`` is true.
 
     Returns
     -------
     numpy.ndarray
         Shape ``S + (P,)``.
     """
-    names = [*spec.law.parameters, *(spec.noise_parameters if noise else ())]
-    shape = np.shape(posterior[names[0]])
-    theta = {name: jnp.asarray(posterior[name]).reshape(-1, 1) for name in names}
-    mean = spec.law.log_loss(theta, {k: jnp.atleast_2d(jnp.asarray(v)) for k, v in x.items()})
+    shape = np.shape(posterior[spec.law.parameters[0]])
+    theta = {name: jnp.asarray(posterior[name]).reshape(-1, 1) for name in spec.law.parameters}
+    x = {k: jnp.atleast_2d(jnp.asarray(v)) for k, v in x.items()}
+    log_loss = np.asarray(_log_loss_program(spec.law.name)(theta, x))
     if noise:
-        if rng_key is None:
-            raise ValueError("simulating observation noise needs an rng_key")
+        if rng is None:
+            raise ValueError("simulating observation noise needs an rng (numpy.random.Generator)")
+        # Noise is drawn with NumPy: jax.random.t would be one more program to compile per process.
+        sigma = np.asarray(posterior["sigma"]).reshape(-1, 1)
         if spec.likelihood == "student_t":
-            standard = jax.random.t(rng_key, theta["nu"], shape=mean.shape)
+            standard = rng.standard_t(np.asarray(posterior["nu"]).reshape(-1, 1), size=log_loss.shape)
         else:
-            standard = jax.random.normal(rng_key, shape=mean.shape)
-        mean = mean + theta["sigma"] * standard
-    return np.asarray(mean).reshape(*shape, -1)
+            standard = rng.standard_normal(size=log_loss.shape)
+        log_loss = log_loss + sigma * standard
+    return log_loss.reshape(*shape, -1)
+
+
+@functools.lru_cache(maxsize=None)
+def _log_loss_program(law_name: str):
+    """The law compiled as one program: op-by-op dispatch compiled each of some 50 small
+    operations on first use, about 2 s of every fresh process."""
+    return jax.jit(get_law(law_name).log_loss)
 
 
 def _summarise(draws: np.ndarray) -> dict:
@@ -147,7 +158,7 @@ def predict_loss(fit, params=None, tokens=None, flops=None, family=None, *, nois
     inputs = _complete_inputs(fit.spec, params, tokens, flops)
     x = centred_inputs(inputs, fit.centre)
     sampled = fit.draws(list(fit.spec.sampled_parameters))
-    log_loss = simulate_log_loss(fit.spec, sampled, x, noise=noise, rng_key=jax.random.PRNGKey(seed))
+    log_loss = simulate_log_loss(fit.spec, sampled, x, noise=noise, rng=np.random.default_rng(seed))
     with np.errstate(over="ignore"):
         # With noise and Student-t nu <= 1 the predictive loss has no mean: draws may reach inf,
         # and so may "mean"; the quantiles stay meaningful.

