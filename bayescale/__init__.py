@@ -34,6 +34,7 @@ from . import datasets  # noqa: E402
 from .data import DataError, RunTable  # noqa: E402
 from .diagnostics import Diagnostics, SamplerWarning  # noqa: E402
 from .fit import Fit, fit, load  # noqa: E402
+from .parallel import fit_many  # noqa: E402
 from .spec import ModelSpec, available_cards  # noqa: E402
 
 __all__ = [
@@ -47,5 +48,6 @@ __all__ = [
     "available_cards",
     "datasets",
     "fit",
+    "fit_many",
     "load",
 ]

@@ -44,8 +44,7 @@ def _cmd_fit(args) -> None:
     import bayescale as bs
 
     runs = bs.RunTable.from_csv(args.runs)
-    result = bs.fit(
-        runs,
+    sampler = dict(
         model=args.model,
         seed=args.seed,
         num_chains=args.num_chains,
@@ -53,9 +52,27 @@ def _cmd_fit(args) -> None:
         num_samples=args.num_samples,
         target_accept=args.target_accept,
     )
-    path = result.save(args.out)
-    print(f"bayescale: wrote {path}", file=sys.stderr)
-    _emit(_summary_payload(result), result.summary(), args.format)
+    if args.by is None:
+        result = bs.fit(runs, **sampler)
+        path = result.save(args.out)
+        print(f"bayescale: wrote {path}", file=sys.stderr)
+        _emit(_summary_payload(result), result.summary(), args.format)
+        return
+    fits = bs.fit_many(runs, by=args.by, batch_size=args.batch_size, **sampler)
+    out = Path(args.out)
+    rows, payload = [], {}
+    for name, result in fits.items():
+        result.save(out / f"{_file_name(name)}.nc")
+        payload[name] = _summary_payload(result)
+        for _, row in result.summary().iterrows():
+            rows.append({args.by: name, **row.to_dict()})
+    print(f"bayescale: wrote {len(fits)} fits to {out}/", file=sys.stderr)
+    _emit({"groups": payload}, pd.DataFrame(rows), args.format)
+
+
+def _file_name(group: str) -> str:
+    """A group name made safe as a file name (``mmlu/abstract algebra`` -> ``mmlu_abstract_algebra``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in group) or "group"
 
 
 def _cmd_summary(args) -> None:
@@ -105,8 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("fit", help="fit a model card to a runs CSV and save the posterior")
     p.add_argument("runs", help="CSV of runs, one row per observation (columns: params, tokens, loss, ...)")
     p.add_argument("--model", default="chinchilla", help="card name (chinchilla, compute-power-law, kaplan) or path to a .toml card")
-    p.add_argument("--out", required=True, help="where to write the fit (netCDF, e.g. fit.nc)")
+    p.add_argument("--out", required=True, help="where to write the fit (netCDF, e.g. fit.nc); a folder with --by")
     p.add_argument("--target-accept", type=float, default=0.8, help="NUTS target acceptance (raise to 0.95 on divergences)")
+    p.add_argument("--by", help="fit each group of this column (task, family, ...) separately, many per compiled program")
+    p.add_argument("--batch-size", type=int, default=64, help="groups per compiled program with --by (default 64)")
     _add_sampler(p)
     _add_format(p)
     p.set_defaults(func=_cmd_fit)

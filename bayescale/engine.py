@@ -269,7 +269,8 @@ class Sampler:
         Parameters
         ----------
         rng_key
-            JAX PRNG key; chain ``c`` (of data set ``k``) uses its own split of it.
+            JAX PRNG key, split into one per chain; when batched, one key per data set
+            (shape ``(K, 2)``), so that a data set's draws do not depend on its batch.
         args
             The model's arguments (with a leading data-set axis when batched).
         progress
@@ -284,8 +285,10 @@ class Sampler:
         s = self.settings
         started = time.perf_counter()
         leading = (jax.tree_util.tree_leaves(args)[0].shape[0],) if self.batched else ()
-        keys = jax.random.split(rng_key, int(np.prod(leading, dtype=int)) * s.num_chains)
-        keys = keys.reshape(*leading, s.num_chains, *keys.shape[1:])
+        if self.batched:
+            keys = jax.vmap(lambda key: jax.random.split(key, s.num_chains))(rng_key)
+        else:
+            keys = jax.random.split(rng_key, s.num_chains)
         states = self._start(keys, args)
         draw_axis = len(leading) + 1  # after the data-set and chain axes
         kept = []

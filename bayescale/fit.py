@@ -81,13 +81,7 @@ def fit(
         runs = RunTable(runs)
     spec = ModelSpec.load(model)
     settings = Settings(num_chains, num_warmup, num_samples, target_accept, max_tree_depth)
-    runs.require(spec.law.inputs, spec.law.exponents)
-    if len(runs.families) > 1:
-        raise DataError(
-            f"the data hold {len(runs.families)} families ({', '.join(runs.families[:5])}) but card "
-            f"{spec.name!r} has one set of parameters for all rows; fit one family at a time "
-            "(filter the table by 'family') or drop the 'family' column to pool them completely"
-        )
+    check_identifiable(runs, spec)
     enable_compilation_cache()
 
     data = runs.data
@@ -106,6 +100,17 @@ def fit(
     _say(f"done in {draws.seconds:.1f} s; {'no problems found' if diagnostics.ok else 'see warnings'}", progress)
     diagnostics.warn()
     return Fit(idata=idata, spec=spec, diagnostics=diagnostics)
+
+
+def check_identifiable(runs: RunTable, spec: ModelSpec, where: str = "the data") -> None:
+    """Raise :class:`DataError` unless ``runs`` can identify the card's single set of parameters."""
+    runs.require(spec.law.inputs, spec.law.exponents)
+    if len(runs.families) > 1:
+        raise DataError(
+            f"{where} hold {len(runs.families)} families ({', '.join(runs.families[:5])}) but card "
+            f"{spec.name!r} has one set of parameters for all rows; fit one family at a time "
+            "(bayescale.fit_many(runs, by='family')) or drop the 'family' column to pool them completely"
+        )
 
 
 def to_inference_data(samples: dict, stats: dict, spec: ModelSpec, runs: RunTable, x: dict, centre: dict, seed: int):

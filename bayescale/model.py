@@ -81,15 +81,16 @@ def make_model(spec: ModelSpec):
     Returns
     -------
     callable
-        ``model(x, log_loss=None)``: ``x`` maps each law input to centred log
-        values (one per observation); ``log_loss`` are the observed log losses,
-        or ``None`` to simulate them from the prior.
+        ``model(x, log_loss=None, mask=None)``: ``x`` maps each law input to centred
+        log values (one per observation); ``log_loss`` are the observed log losses,
+        or ``None`` to simulate them from the prior; ``mask`` (booleans) leaves out
+        the padding rows of a data set batched with larger ones (:mod:`bayescale.parallel`).
     """
     law = spec.law
     priors = {name: prior.to_numpyro() for name, prior in spec.priors.items()}
     reparameterised = len(law.terms) >= 2
 
-    def model(x: Mapping[str, jnp.ndarray], log_loss: jnp.ndarray | None = None):
+    def model(x: Mapping[str, jnp.ndarray], log_loss: jnp.ndarray | None = None, mask: jnp.ndarray | None = None):
         theta = {}
         if reparameterised and log_loss is not None:
             # Flat base measure on (log L_c, logits); the unit Jacobian means adding the card's
@@ -117,7 +118,7 @@ def make_model(spec: ModelSpec):
             noise = dist.StudentT(numpyro.sample("nu", priors["nu"]), mean, sigma)
         else:
             noise = dist.Normal(mean, sigma)
-        with numpyro.plate("obs", mean.shape[0]):
+        with numpyro.plate("obs", mean.shape[0]), numpyro.handlers.mask(mask=True if mask is None else mask):
             numpyro.sample("log_loss", noise, obs=log_loss)
 
     return model

@@ -50,3 +50,17 @@ def test_sampler_density_is_the_cards_posterior(card, shapes):
     np.testing.assert_allclose(trace["log_loss"]["fn"].loc, spec.law.log_loss(theta, x), rtol=1e-12)
     _, log_det = jnp.linalg.slogdet(jax.jacfwd(card_params)(u))
     np.testing.assert_allclose(got, expected + log_det, rtol=1e-10)
+
+
+def test_masked_rows_leave_the_density_unchanged():
+    """Padding rows of a batched data set (bayescale.parallel) must contribute nothing."""
+    model = make_model(ModelSpec.load("chinchilla"))
+    x = {k: jnp.array([-1.0, 0.0, 1.0]) for k in ("params", "tokens")}
+    y = jnp.log(jnp.array([3.0, 2.7, 2.6]))
+    point = {LOG_LOSS_CENTRE: 1.0, "logit_share_e": 0.4, "logit_share_a_c": -0.2, "alpha": 0.3, "beta": 0.3, "sigma": 0.02, "nu": 5.0}
+    padded_x = {k: jnp.concatenate([v, jnp.array([0.0, 7.0])]) for k, v in x.items()}
+    padded_y = jnp.concatenate([y, jnp.array([1.0, -3.0])])
+    mask = jnp.array([True, True, True, False, False])
+    plain, _ = log_density(model, (x, y), {}, point)
+    padded, _ = log_density(model, (padded_x, padded_y, mask), {}, point)
+    np.testing.assert_allclose(padded, plain, rtol=1e-12)
