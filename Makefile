@@ -19,6 +19,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra --durations=10
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[bench]"  # PyMC + nutpie, measured as peers
 	$(BIN)/python benchmarks/run.py
 
 clean:

@@ -1,12 +1,23 @@
-"""Speed and intervals on the bundled Chinchilla data: bayescale against the Hoffmann/Epoch method.
+"""Speed benchmarks: bayescale against what users run today, measured in the same run.
 
-The alternative, measured in the same run on the same 240 points: Huber loss (delta = 1e-3) on
-log loss, L-BFGS-B from a grid of starting points, then bootstrap refits (Besiroglu et al. 2024).
-The full-data fit searches the grid; each bootstrap refit starts from the full-data optimum with
-tolerances tight enough to move (with L-BFGS-B's default ftol a warm start stops at once, the
-Huber objective being ~1e-3, and the bootstrap reports near-zero widths). Results go to benchmarks/results/chinchilla.json and .md.
+Workload ``chinchilla`` (the bundled 240 Epoch AI points, Chinchilla law):
+  * bayescale ``fit()`` with defaults in a fresh process, cold and then warm compilation cache,
+    and a refit of the same shapes in the same process (which must not recompile);
+  * a hand-written numpyro model (natural parameters, ``MCMC`` defaults, 4 vectorised chains);
+  * PyMC + nutpie (low-rank mass matrix) on the same hand-written model and on bayescale's own
+    coordinates, when both are installed (``pip install 'bayescale[bench]'``);
+  * the Hoffmann/Epoch method: Huber loss (delta 1e-3) on log loss, L-BFGS-B from a grid of
+    starts, 200 bootstrap refits, each either from the whole grid again or warm-started from the
+    full-data optimum, with tolerances tight enough to move (with L-BFGS-B's default ftol a warm
+    start stops at once, the Huber objective being ~1e-3, and the bootstrap reports near-zero widths).
 
-Usage: python benchmarks/run.py [--bootstrap 200] [--seed 0]
+Workload ``many`` (64 simulated tasks x 10 compute-power-law points): ``fit_many`` against
+scipy ``curve_fit`` point fits with 200-resample bootstraps, and against a loop of ``fit()``.
+
+Figures: wall time, min bulk ESS, ESS/s, ESS per 1,000 gradient evaluations (sampling phase),
+R-hat, peak memory. Results: benchmarks/results/<workload>.json and .md.
+
+Usage: python benchmarks/run.py [--workload chinchilla|many|all] [--bootstrap 200] [--seed 0]
 """
 
 from __future__ import annotations
@@ -14,8 +25,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +39,28 @@ import scipy.optimize
 from scipy.special import logsumexp
 
 import bayescale as bs
+from bayescale import engine
+from bayescale._arviz import az
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: A coarse version of Epoch AI's grid of starts (their notebook uses 4500 points).
 GRID = list(itertools.product([0.0, 1.0], [0.0, 5.0, 10.0], [0.0, 5.0, 10.0], [0.2, 0.5], [0.2, 0.5]))
+
+#: Run in a fresh interpreter: one default fit, with its own timing and peak memory.
+FRESH_PROCESS = """
+import json, resource, sys, time
+started = time.perf_counter()
+import bayescale as bs
+runs = bs.datasets.load("chinchilla", drop_flagged_outliers=True)
+fit_started = time.perf_counter()
+fit = bs.fit(runs, "chinchilla", seed=int(sys.argv[1]), progress=False)
+done = time.perf_counter()
+steps = int(fit.idata.sample_stats["n_steps"].sum())
+print(json.dumps({"fit_seconds": done - fit_started, "process_seconds": done - started,
+                  "min_ess_bulk": fit.diagnostics.min_ess_bulk, "max_r_hat": fit.diagnostics.max_r_hat,
+                  "divergences": fit.diagnostics.divergences, "gradient_evaluations": steps,
+                  "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
 
 
 def huber_objective(theta, log_n, log_d, log_loss, delta=1e-3):
@@ -42,9 +76,8 @@ def huber_objective(theta, log_n, log_d, log_loss, delta=1e-3):
 
 
 def _minimise(start, log_n, log_d, log_loss):
-    # Tight tolerances: the default ftol stops at once on an objective of ~1e-3, which is what
-    # makes warm-started bootstraps report near-zero widths.
-    return scipy.optimize.minimize(huber_objective, start, args=(log_n, log_d, log_loss), jac=True, method="L-BFGS-B", options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 5000})
+    options = {"ftol": 1e-15, "gtol": 1e-12, "maxiter": 5000}  # see module docstring
+    return scipy.optimize.minimize(huber_objective, start, args=(log_n, log_d, log_loss), jac=True, method="L-BFGS-B", options=options)
 
 
 def huber_fit(log_n, log_d, log_loss, starts=GRID):
@@ -54,61 +87,259 @@ def huber_fit(log_n, log_d, log_loss, starts=GRID):
     return {"E": np.exp(e), "A": np.exp(a), "alpha": alpha, "B": np.exp(b), "beta": beta}, best.x
 
 
-def main(args) -> dict:
+def huber_bootstrap(log_n, log_d, log_loss, resamples, seed, *, grid_each_refit: bool):
+    """Huber fit from the grid, then ``resamples`` bootstrap refits, each from the whole grid
+    (as the full-data fit) or warm-started from the full-data optimum (the cheapest honest variant)."""
+    rng = np.random.default_rng(seed)
+    started = time.perf_counter()
+    point, optimum = huber_fit(log_n, log_d, log_loss)
+    refits = []
+    for _ in range(resamples):
+        i = rng.integers(0, len(log_n), len(log_n))
+        refits.append(huber_fit(log_n[i], log_d[i], log_loss[i], starts=GRID if grid_each_refit else [optimum])[0])
+    seconds = time.perf_counter() - started
+    intervals = {n: list(np.quantile([r[n] for r in refits], [0.025, 0.975])) for n in ("alpha", "beta")}
+    return {"seconds": seconds, "resamples": resamples, "grid_starts": len(GRID), "point": point, "intervals": intervals}
+
+
+def fresh_process(seed, cache: str):
+    """One default fit in a new interpreter (as ``bayescale fit`` runs), compiling into ``cache``."""
+    environment = {**os.environ, "BAYESCALE_COMPILATION_CACHE": cache}
+    out = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(seed)], check=True, capture_output=True, text=True, env=environment)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["ess_per_second"] = result["min_ess_bulk"] / result["fit_seconds"]
+    result["ess_per_1000_gradients"] = 1000 * result["min_ess_bulk"] / result["gradient_evaluations"]
+    return result
+
+
+def handwritten_numpyro(log_n, log_d, log_loss, seed):
+    """The model as a user would write it in numpyro: natural parameters, MCMC defaults."""
+    import jax
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.infer import MCMC, NUTS
+
+    def model(log_n, log_d, log_loss=None):
+        e = numpyro.sample("e", dist.Normal(0.5, 1.0))
+        a = numpyro.sample("a", dist.Normal(6.0, 2.0))
+        b = numpyro.sample("b", dist.Normal(7.0, 2.0))
+        alpha = numpyro.sample("alpha", dist.LogNormal(-1.05, 0.6))
+        beta = numpyro.sample("beta", dist.LogNormal(-1.05, 0.6))
+        sigma = numpyro.sample("sigma", dist.HalfNormal(0.05))
+        nu = numpyro.sample("nu", dist.Gamma(2.0, 0.1))
+        mean = jax.nn.logsumexp(jnp.stack([jnp.broadcast_to(e, log_n.shape), a - alpha * log_n, b - beta * log_d]), axis=0)
+        numpyro.sample("y", dist.StudentT(nu, mean, sigma), obs=log_loss)
+
+    mcmc = MCMC(NUTS(model), num_warmup=1000, num_samples=1000, num_chains=4, chain_method="vectorized", progress_bar=False)
+    started = time.perf_counter()
+    mcmc.run(jax.random.PRNGKey(seed), jnp.asarray(log_n), jnp.asarray(log_d), jnp.asarray(log_loss), extra_fields=("num_steps",))
+    samples = mcmc.get_samples(group_by_chain=True)
+    jax.block_until_ready(samples)
+    seconds = time.perf_counter() - started
+    posterior = az.from_dict(posterior={k: np.asarray(v) for k, v in samples.items()})
+    ess = float(az.ess(posterior).to_array().min())
+    steps = int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
+    return _sampler_result(seconds, ess, float(az.rhat(posterior).to_array().max()), steps)
+
+
+def pymc_nutpie(log_n, log_d, log_loss, seed, *, reparameterised: bool):
+    """PyMC + nutpie (low-rank mass matrix) on the hand-written model or on bayescale's own
+    coordinates (centred inputs, log total loss at the centre, stick-breaking logits of the
+    terms' shares, the card's priors as potentials); ``None`` where they are not installed."""
+    try:
+        import nutpie
+        import pymc as pm
+        from pytensor.tensor import softplus
+    except ImportError:
+        return None
+    with pm.Model() as model:
+        alpha = pm.LogNormal("alpha", -1.05, 0.6)
+        beta = pm.LogNormal("beta", -1.05, 0.6)
+        sigma = pm.HalfNormal("sigma", 0.05)
+        nu = pm.Gamma("nu", 2.0, 0.1)
+        if reparameterised:
+            x_n, x_d = log_n - log_n.mean(), log_d - log_d.mean()
+            total, z_e, z_a = pm.Flat("log_loss_centre"), pm.Flat("logit_share_e"), pm.Flat("logit_share_a_c")
+
+            def log_sigmoid(z):
+                return -softplus(-z)
+
+            e = total + log_sigmoid(z_e)
+            rest = total + log_sigmoid(-z_e)
+            a, b = rest + log_sigmoid(z_a), rest + log_sigmoid(-z_a)
+            pm.Potential("card_priors", pm.logp(pm.Normal.dist(0.5, 1.0), e) + pm.logp(pm.Normal.dist(-1.0, 1.5), a) + pm.logp(pm.Normal.dist(-1.0, 1.5), b))
+        else:
+            x_n, x_d = log_n, log_d
+            e, a, b = pm.Normal("e", 0.5, 1.0), pm.Normal("a", 6.0, 2.0), pm.Normal("b", 7.0, 2.0)
+        stacked = pm.math.stack([e + 0 * x_n, a - alpha * x_n, b - beta * x_d])
+        pm.StudentT("y", nu=nu, mu=pm.math.logsumexp(stacked, axis=0)[0], sigma=sigma, observed=log_loss)
+    started = time.perf_counter()
+    compiled = nutpie.compile_pymc_model(model)
+    compiled_at = time.perf_counter()
+    trace = nutpie.sample(compiled, chains=4, tune=1000, draws=1000, seed=seed, progress_bar=False, low_rank_modified_mass_matrix=True)
+    done = time.perf_counter()
+    names = [n for n in trace.posterior.data_vars if n in ("log_loss_centre", "logit_share_e", "logit_share_a_c", "e", "a", "b", "alpha", "beta", "sigma", "nu")]
+    posterior = trace.posterior[names]
+    ess = float(az.ess(posterior).to_array().min())
+    steps = int(trace.sample_stats["n_steps"].sum())
+    result = _sampler_result(done - compiled_at, ess, float(az.rhat(posterior).to_array().max()), steps)
+    result["compile_seconds"] = compiled_at - started
+    return result
+
+
+def _sampler_result(seconds, ess, r_hat, steps):
+    return {"seconds": seconds, "min_ess_bulk": ess, "max_r_hat": r_hat, "ess_per_second": ess / seconds, "ess_per_1000_gradients": 1000 * ess / steps}
+
+
+def chinchilla(args) -> dict:
     runs = bs.datasets.load("chinchilla", drop_flagged_outliers=True)
     data = runs.data
     log_n, log_d, log_loss = (np.log(data[c].to_numpy(dtype=float)) for c in ("params", "tokens", "loss"))
 
-    started = time.perf_counter()
-    fit = bs.fit(runs, "chinchilla", seed=args.seed, progress=False)
-    bayes_seconds = time.perf_counter() - started
-    summary = fit.summary().set_index("parameter")
+    with tempfile.TemporaryDirectory() as cache:
+        cold = fresh_process(args.seed, cache)  # an empty cache: traces and compiles everything
+        warm = fresh_process(args.seed, cache)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bs.fit(runs, "chinchilla", seed=args.seed, progress=False)
+        started = time.perf_counter()
+        refit = bs.fit(runs, "chinchilla", seed=args.seed + 1, progress=False)
+        refit_seconds = time.perf_counter() - started
+    programs = sum(s._advance._cache_size() for s in engine._SAMPLERS.values())
+    result = {
+        "machine": _machine(),
+        "bayescale_fresh_process_cold_cache": cold,
+        "bayescale_fresh_process_warm_cache": warm,
+        "bayescale_refit_same_process": {"seconds": refit_seconds, "min_ess_bulk": refit.diagnostics.min_ess_bulk, "compiled_sampler_programs": programs},
+        "numpyro_handwritten": handwritten_numpyro(log_n, log_d, log_loss, args.seed),
+        "pymc_nutpie_handwritten": pymc_nutpie(log_n, log_d, log_loss, args.seed, reparameterised=False),
+        "pymc_nutpie_bayescale_coordinates": pymc_nutpie(log_n, log_d, log_loss, args.seed, reparameterised=True),
+        "huber_bootstrap_warm_start": huber_bootstrap(log_n, log_d, log_loss, args.bootstrap, args.seed, grid_each_refit=False),
+        "huber_bootstrap_grid": huber_bootstrap(log_n, log_d, log_loss, args.bootstrap, args.seed, grid_each_refit=True),
+    }
+    boot = result["huber_bootstrap_grid"]["seconds"]
+    rows = [
+        ("bayescale fit(), fresh process, cold compile cache", cold["fit_seconds"], cold),
+        ("bayescale fit(), fresh process, warm compile cache", warm["fit_seconds"], warm),
+        ("bayescale refit, same process (no recompilation)", refit_seconds, None),
+        ("numpyro hand-written, MCMC defaults", result["numpyro_handwritten"]["seconds"], result["numpyro_handwritten"]),
+    ]
+    for key, label in (("handwritten", "hand-written model"), ("bayescale_coordinates", "bayescale's coordinates")):
+        if result[f"pymc_nutpie_{key}"]:
+            rows.append((f"PyMC + nutpie, low-rank mass, {label} (compile excluded)", result[f"pymc_nutpie_{key}"]["seconds"], result[f"pymc_nutpie_{key}"]))
+    rows.append((f"Huber + L-BFGS-B, {args.bootstrap} bootstrap refits warm-started from the optimum", result["huber_bootstrap_warm_start"]["seconds"], None))
+    rows.append((f"Huber + L-BFGS-B, {args.bootstrap} bootstrap refits each from the {len(GRID)}-start grid", boot, None))
+    lines = ["| method | wall (s) | / bootstrap | min bulk ESS | ESS/s | ESS per 1k gradients | max R-hat |", "|---|---|---|---|---|---|---|"]
+    for name, seconds, stats in rows:
+        extra = f"{stats['min_ess_bulk']:.0f} | {stats['ess_per_second']:.0f} | {stats['ess_per_1000_gradients']:.1f} | {stats['max_r_hat']:.3f}" if stats else "- | - | - | -"
+        lines.append(f"| {name} | {seconds:.1f} | {seconds / boot:.2f} | {extra} |")
+    lines += [
+        "",
+        f"Peak memory of the fresh-process fit: {warm['peak_memory_mb']:.0f} MB. Compiled sampler programs after the refit: {programs}.",
+        f"95% intervals of alpha: warm-started bootstrap {_interval(result['huber_bootstrap_warm_start']['intervals']['alpha'])}, "
+        f"grid bootstrap {_interval(result['huber_bootstrap_grid']['intervals']['alpha'])}. Ratios are to the grid bootstrap. Machine: {result['machine']}.",
+    ]
+    return _write("chinchilla", result, lines)
+
+
+def many(args, tasks: int = 64) -> dict:
+    """Many small fits: one compute power law per simulated task."""
+    import pandas as pd
 
     rng = np.random.default_rng(args.seed)
-    started = time.perf_counter()
-    point, optimum = huber_fit(log_n, log_d, log_loss)
-    refits = []
-    for _ in range(args.bootstrap):
-        i = rng.integers(0, len(log_n), len(log_n))
-        # Warm start from the full-data optimum; the tight tolerances make it move.
-        refits.append(huber_fit(log_n[i], log_d[i], log_loss[i], starts=[optimum])[0])
-    boot_seconds = time.perf_counter() - started
+    flops = np.geomspace(1e18, 1e21, 10)
+    frames, truths = [], {}
+    for k in range(tasks):
+        alpha = 0.2 + 0.3 * rng.random()
+        truth = {"e": np.log(1.5 + rng.random()), "a_c": np.log(0.6) + alpha * np.log(10**19.5), "alpha": alpha}
+        frame = bs.datasets.simulate_runs("compute-power-law", truth, flops=flops, sigma=0.01, seed=k).data
+        frame["task"] = f"t{k:03d}"
+        frames.append(frame)
+        truths[f"t{k:03d}"] = alpha
+    runs = pd.concat(frames, ignore_index=True)
 
-    names = ["E", "A", "alpha", "B", "beta"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bs.fit_many(runs.head(10 * 8), by="task", model="compute-power-law", seed=args.seed, progress=False)  # compile
+        started = time.perf_counter()
+        fits = bs.fit_many(runs, by="task", model="compute-power-law", seed=args.seed, progress=False)
+        batch_seconds = time.perf_counter() - started
+        loop_started = time.perf_counter()
+        for name in list(truths)[:4]:
+            bs.fit(runs[runs["task"] == name], "compute-power-law", seed=args.seed, progress=False)
+        loop_per_fit = (time.perf_counter() - loop_started) / 4
+
+    def power_law(log_c, e, log_a, alpha):
+        return np.logaddexp(e, log_a - alpha * (log_c - np.log(10**19.5)))
+
+    started = time.perf_counter()
+    covered = 0
+    for name, alpha in truths.items():
+        frame = runs[runs["task"] == name]
+        x, y = np.log(frame["flops"].to_numpy()), np.log(frame["loss"].to_numpy())
+        estimates = []
+        for _ in range(args.bootstrap):
+            i = rng.integers(0, len(x), len(x))
+            try:
+                estimates.append(scipy.optimize.curve_fit(power_law, x[i], y[i], p0=(0.5, -0.5, 0.3), maxfev=5000)[0][2])
+            except RuntimeError:
+                continue
+        low, high = np.quantile(estimates, [0.025, 0.975])
+        covered += low < alpha < high
+    bootstrap_seconds = time.perf_counter() - started
+
+    converged = sum(f.diagnostics.ok for f in fits.values())
+    bayes_covered = 0
+    for name, alpha in truths.items():
+        row = fits[name].summary().set_index("parameter").loc["alpha"]
+        bayes_covered += row["q2.5"] < alpha < row["q97.5"]
     result = {
-        "machine": f"{platform.machine()}, {platform.python_version()}",
-        "bayescale": {
-            "seconds": bayes_seconds,
-            "min_ess_bulk": fit.diagnostics.min_ess_bulk,
-            "ess_per_second": fit.diagnostics.min_ess_bulk / bayes_seconds,
-            "intervals": {n: [summary.loc[n, "q2.5"], summary.loc[n, "q97.5"]] for n in names},
-        },
-        "huber_bootstrap": {
-            "seconds": boot_seconds,
-            "resamples": args.bootstrap,
-            "grid_starts_full_data_fit": len(GRID),
-            "point": point,
-            "intervals": {n: list(np.quantile([r[n] for r in refits], [0.025, 0.975])) for n in names},
-        },
+        "machine": _machine(),
+        "tasks": tasks,
+        "fit_many": {"seconds": batch_seconds, "fits_per_second": tasks / batch_seconds, "converged": converged, "alpha_95_coverage": bayes_covered / tasks},
+        "fit_loop": {"seconds_per_fit": loop_per_fit, "fits_per_second": 1 / loop_per_fit},
+        "curve_fit_bootstrap": {"seconds": bootstrap_seconds, "resamples": args.bootstrap, "fits_per_second": tasks / bootstrap_seconds, "alpha_95_coverage": covered / tasks},
     }
-    result["time_ratio_bayescale_over_bootstrap"] = bayes_seconds / boot_seconds
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "chinchilla.json").write_text(json.dumps(result, indent=2, default=float))
     lines = [
-        "| method | wall time (s) | 95% interval of alpha | 95% interval of beta |",
-        "|---|---|---|---|",
-        f"| bayescale NUTS (4 x 1000 draws, fresh process) | {bayes_seconds:.1f} | {result['bayescale']['intervals']['alpha'][0]:.3f} - {result['bayescale']['intervals']['alpha'][1]:.3f} | {result['bayescale']['intervals']['beta'][0]:.3f} - {result['bayescale']['intervals']['beta'][1]:.3f} |",
-        f"| Huber + L-BFGS-B ({len(GRID)} starts), {args.bootstrap} warm-started bootstrap refits | {boot_seconds:.1f} | {result['huber_bootstrap']['intervals']['alpha'][0]:.3f} - {result['huber_bootstrap']['intervals']['alpha'][1]:.3f} | {result['huber_bootstrap']['intervals']['beta'][0]:.3f} - {result['huber_bootstrap']['intervals']['beta'][1]:.3f} |",
+        f"{tasks} tasks x 10 points, compute power law. fit_many: 4 chains x (1000 + 1000) per task.",
         "",
-        f"Time ratio bayescale / bootstrap: {result['time_ratio_bayescale_over_bootstrap']:.2f}. Machine: {result['machine']}.",
+        "| method | wall (s) | fits/s | 95% coverage of the true alpha | converged |",
+        "|---|---|---|---|---|",
+        f"| bayescale fit_many (one batch) | {batch_seconds:.1f} | {tasks / batch_seconds:.2f} | {bayes_covered}/{tasks} | {converged}/{tasks} |",
+        f"| loop of bayescale fit() | {loop_per_fit * tasks:.1f} (from 4) | {1 / loop_per_fit:.2f} | - | - |",
+        f"| scipy curve_fit + {args.bootstrap} bootstrap resamples | {bootstrap_seconds:.1f} | {tasks / bootstrap_seconds:.2f} | {covered}/{tasks} | - |",
+        "",
+        f"Machine: {result['machine']}.",
     ]
-    (RESULTS / "chinchilla.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return _write("many", result, lines)
+
+
+def _interval(pair):
+    return f"{pair[0]:.3f}-{pair[1]:.3f}"
+
+
+def _machine():
+    import jax
+
+    return f"{platform.machine()}, Python {platform.python_version()}, jax {jax.__version__}, {len(jax.devices())} x {jax.devices()[0].platform}"
+
+
+def _write(name, result, lines):
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=float))
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
     return result
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap refits (default 200)")
+    parser.add_argument("--workload", choices=("chinchilla", "many", "all"), default="all")
+    parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default 200)")
     parser.add_argument("--seed", type=int, default=0)
-    main(parser.parse_args())
+    arguments = parser.parse_args()
+    if arguments.workload in ("chinchilla", "all"):
+        chinchilla(arguments)
+    if arguments.workload in ("many", "all"):
+        many(arguments)
