@@ -31,6 +31,7 @@ jax.config.update("jax_enable_x64", True)
 __version__ = "0.1.0"
 
 from . import datasets  # noqa: E402
+from .backtest import Backtest, backtest  # noqa: E402
 from .data import DataError, RunTable  # noqa: E402
 from .diagnostics import Diagnostics, SamplerWarning  # noqa: E402
 from .fit import Fit, fit, load  # noqa: E402
@@ -38,6 +39,7 @@ from .parallel import fit_many  # noqa: E402
 from .spec import ModelSpec, available_cards  # noqa: E402
 
 __all__ = [
+    "Backtest",
     "DataError",
     "Diagnostics",
     "Fit",
@@ -46,6 +48,7 @@ __all__ = [
     "SamplerWarning",
     "__version__",
     "available_cards",
+    "backtest",
     "datasets",
     "fit",
     "fit_many",

@@ -97,6 +97,16 @@ def _cmd_optimal(args) -> None:
     _emit({"rows": _rows(table)}, table, args.format)
 
 
+def _cmd_backtest(args) -> None:
+    import bayescale as bs
+
+    runs = bs.RunTable.from_csv(args.runs)
+    options = dict(num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples, target_accept=args.target_accept)
+    result = bs.backtest(runs, args.model, cutoff_flops=args.cutoff_flops, seed=args.seed, **options)
+    summary = result.summary()
+    _emit({"summary": _rows(summary), "rows": _rows(result.rows)}, summary, args.format)
+
+
 def _cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -150,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flops", type=float, nargs="+", required=True, help="training budget(s) in FLOP")
     _add_format(p)
     p.set_defaults(func=_cmd_optimal)
+
+    p = commands.add_parser("backtest", help="fit below a compute cutoff, predict the rest, score error and calibration")
+    p.add_argument("runs", help="CSV of runs (as for `bayescale fit`)")
+    p.add_argument("--cutoff-flops", type=float, required=True, help="fit observations below this compute; predict the others")
+    p.add_argument("--model", default="chinchilla", help="card name or path to a .toml card")
+    p.add_argument("--target-accept", type=float, default=0.8, help="NUTS target acceptance (raise to 0.95 on divergences)")
+    _add_sampler(p)
+    _add_format(p)
+    p.set_defaults(func=_cmd_backtest)
 
     p = commands.add_parser("demo", help="fit the bundled Chinchilla data and write results and a figure")
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
