@@ -44,6 +44,8 @@ def _cmd_fit(args) -> None:
     import bayescale as bs
 
     runs = bs.RunTable.from_csv(args.runs)
+    if args.min_fraction_of_training is not None or args.min_tokens is not None:
+        runs = runs.drop_early_checkpoints(args.min_fraction_of_training, args.min_tokens)
     sampler = dict(
         model=args.model,
         seed=args.seed,
@@ -136,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-accept", type=float, default=0.8, help="NUTS target acceptance (raise to 0.95 on divergences)")
     p.add_argument("--by", help="fit each group of this column (task, family, ...) separately, many per compiled program")
     p.add_argument("--batch-size", type=int, default=64, help="groups per compiled program with --by (default 64)")
+    p.add_argument("--min-fraction-of-training", type=float, help="drop checkpoints before this fraction of their run's tokens (e.g. 0.1)")
+    p.add_argument("--min-tokens", type=float, help="drop checkpoints with fewer tokens than this")
     _add_sampler(p)
     _add_format(p)
     p.set_defaults(func=_cmd_fit)

@@ -250,6 +250,78 @@ class RunTable:
         text = self._data.to_csv(index=False, float_format="%.17g")
         return hashlib.sha256(text.encode()).hexdigest()
 
+    def run_ids(self) -> np.ndarray:
+        """Integer id of each row's training run.
+
+        A ``run`` column says it directly. Otherwise rows sharing ``family``, ``params`` and
+        ``seed`` (where present) are one run when the table has a ``step`` column (they are
+        its checkpoints), and each row is its own run when it has none (final losses only).
+
+        Raises
+        ------
+        DataError
+            If two rows of what would be one run have the same ``step``: they are separate
+            runs (e.g. the same size trained for two token budgets), so add a ``run`` column.
+        """
+        df = self._data
+        if "run" in df:
+            return pd.factorize(df["run"].astype(str))[0]
+        if "step" not in df:
+            return np.arange(len(df))
+        keys = [c for c in ("family", "params", "seed") if c in df]
+        repeated = df.duplicated(subset=[*keys, "step"], keep=False).to_numpy()
+        if repeated.any():
+            raise DataError(
+                f"{self.source} has rows with the same {', '.join(keys)} and step ({self._rows(repeated)}), so they "
+                "cannot be checkpoints of one run; add a 'run' column naming each training run"
+            )
+        return df.groupby(keys, sort=False).ngroup().to_numpy()
+
+    def fraction_of_training(self) -> np.ndarray:
+        """Each row's tokens as a fraction of its run's final tokens (1.0 for final checkpoints).
+
+        A run's final tokens are those of its row marked ``is_final``, else its largest.
+        """
+        df = self._data.assign(_run=self.run_ids())
+        if "is_final" in df:
+            final = df[df["is_final"].astype(bool)].groupby("_run")["tokens"].max()
+            final = final.reindex(df["_run"].unique()).fillna(df.groupby("_run")["tokens"].max())
+        else:
+            final = df.groupby("_run")["tokens"].max()
+        return (df["tokens"] / df["_run"].map(final)).to_numpy(dtype=float)
+
+    def drop_early_checkpoints(self, min_fraction_of_training: float | None = None, min_tokens: float | None = None) -> "RunTable":
+        """Drop checkpoints taken early in their run, saying how many.
+
+        Early checkpoints sit far above the loss a run trained for that many tokens would
+        reach (the learning rate is still high under a cosine schedule) and they carry
+        warm-up transients; Choshen et al. (2024, "A Hitchhiker's Guide to Scaling Law
+        Estimation") found that fitting them hurt predictions.
+
+        Parameters
+        ----------
+        min_fraction_of_training
+            Keep rows whose tokens are at least this fraction of their run's final tokens
+            (e.g. 0.1); see :meth:`fraction_of_training`.
+        min_tokens
+            Keep rows with at least this many tokens.
+        """
+        if "tokens" not in self._data:
+            raise DataError(f"{self.source} has no 'tokens' column, so checkpoints cannot be told apart by training progress")
+        early = np.zeros(len(self), dtype=bool)
+        reasons = []
+        if min_fraction_of_training is not None:
+            if not 0 < min_fraction_of_training <= 1:
+                raise DataError(f"min_fraction_of_training must be in (0, 1], got {min_fraction_of_training}")
+            early |= self.fraction_of_training() < min_fraction_of_training
+            reasons.append(f"before {min_fraction_of_training:.0%} of their run's tokens")
+        if min_tokens is not None:
+            early |= self._data["tokens"].to_numpy(dtype=float) < min_tokens
+            reasons.append(f"below {min_tokens:.3g} tokens")
+        if early.all():
+            raise DataError(f"every row of {self.source} is an early checkpoint by that rule ({' or '.join(reasons)}); relax it")
+        return self.drop(early, f"checkpoints {' or '.join(reasons)}") if reasons else self
+
     def drop(self, mask: np.ndarray | pd.Series, reason: str) -> "RunTable":
         """Return a table without the rows where ``mask`` is true, saying how many and why.
 

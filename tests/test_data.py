@@ -109,3 +109,38 @@ def test_hash_names_the_data():
 def test_missing_file_is_clear(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         RunTable.from_csv(tmp_path / "nope.csv")
+
+
+def _checkpoints(**extra):
+    """Two runs of one size (seeds 0 and 1), five checkpoints each at 10%-100% of 1e10 tokens."""
+    steps = np.array([1, 2, 4, 7, 10])
+    frame = pd.DataFrame({
+        "params": 1e8,
+        "seed": np.repeat([0, 1], 5),
+        "step": np.tile(steps, 2),
+        "tokens": np.tile(steps * 1e9, 2),
+        "loss": np.tile([4.0, 3.6, 3.3, 3.1, 3.0], 2) + np.repeat([0.0, 0.01], 5),
+    })
+    return RunTable(frame.assign(**extra))
+
+
+def test_checkpoints_group_into_runs_and_fractions():
+    runs = _checkpoints()
+    assert runs.run_ids().tolist() == [0] * 5 + [1] * 5
+    np.testing.assert_allclose(runs.fraction_of_training()[:5], [0.1, 0.2, 0.4, 0.7, 1.0])
+
+
+def test_early_checkpoints_are_dropped_and_counted(capsys):
+    kept = _checkpoints().drop_early_checkpoints(min_fraction_of_training=0.3)
+    assert len(kept) == 6
+    assert "dropped 4 of 10 rows: checkpoints before 30% of their run's tokens" in capsys.readouterr().err
+    assert len(_checkpoints().drop_early_checkpoints(min_tokens=5e9)) == 4
+
+
+def test_ambiguous_runs_and_empty_results_name_the_fix():
+    doubled = pd.concat([_checkpoints().data, _checkpoints().data.assign(tokens=lambda f: f["tokens"] * 2)])
+    with pytest.raises(DataError, match="add a 'run' column"):
+        RunTable(doubled).run_ids()
+    assert RunTable(doubled.assign(run=np.repeat(["a", "b", "c", "d"], 5))).run_ids().max() == 3
+    with pytest.raises(DataError, match="relax it"):
+        _checkpoints().drop_early_checkpoints(min_tokens=1e12)
