@@ -234,7 +234,11 @@ class RayExecutor(Executor):
         except ImportError:
             raise ImportError("RayExecutor needs Ray: pip install 'bayescale[distributed]'") from None
         if not ray.is_initialized():
-            ray.init(address=address, **init_kwargs)
+            with warnings.catch_warnings():
+                # Ray launches its own daemons by fork + exec. JAX warns at any fork, but the child
+                # runs no JAX code before exec replaces it, so the deadlock it warns of cannot occur.
+                warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+                ray.init(address=address, **init_kwargs)
         self._ray = ray
         self._num_cpus = num_cpus
 

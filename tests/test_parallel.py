@@ -97,3 +97,17 @@ def test_cli_fits_each_group_to_its_own_file(grouped_runs, tmp_path, capsys):
     for name, alpha in TRUTHS.items():
         assert groups[name]["parameters"]["alpha"]["q2.5"] < alpha < groups[name]["parameters"]["alpha"]["q97.5"]
         assert bs.load(tmp_path / "fits" / f"{name}.nc").attrs["group"] == f"task={name}"
+
+
+def test_batches_run_on_a_local_ray_cluster(grouped_runs, grouped_fits):
+    """The cluster path: each batch is a Ray task on a local Ray instance started here. On a real
+    cluster pass RayExecutor(address="auto") (or "ray://head:10001") instead."""
+    pytest.importorskip("ray")
+    from bayescale.parallel import RayExecutor
+
+    executor = RayExecutor(num_cpus=1, include_dashboard=False)
+    try:
+        remote = fit_many(grouped_runs, by="task", model="compute-power-law", seed=3, batch_size=4, executor=executor, **SETTINGS)
+    finally:
+        executor.shutdown()
+    _same_posterior(remote, grouped_fits)
