@@ -4,15 +4,16 @@ numpyro's ``MCMC.run`` traces and compiles its sampler again on every call when 
 progress bar is off (numpyro 0.22), which was 10-19 s of a 20 s fit. Here the model's
 data are *arguments* of the compiled program, not constants baked into it, so a refit
 of the same card to data of the same shape reuses the program; :func:`sampler_for`
-keeps one :class:`Sampler` per (card, settings, data shape) for the life of the process.
+keeps one :class:`Sampler` per (card, settings, devices, data shape) for the life of the process.
 
 Each chain, in one program (vectorised over chains, and over data sets in
 :mod:`bayescale.parallel`):
 
-1. starts from a uniform(-2, 2) draw in unconstrained space (Stan's default) and runs
-   BFGS from there to a posterior mode, so the first warm-up window does not spend its
-   iterations walking in from a poor start; distinct modes still show up as chains
-   that disagree, because each chain optimises from its own start;
+1. starts from a uniform(-2, 2) draw in unconstrained space (Stan's default), moves to a
+   posterior mode by damped Newton steps (:func:`find_mode`) and takes the inverse Hessian
+   there as its first mass matrix, so the first warm-up window does not spend its
+   iterations walking in from a poor start; distinct modes still show up as chains that
+   disagree, because each chain optimises from its own start;
 2. runs numpyro's NUTS kernel (``numpyro.infer.hmc.hmc``: Stan's windowed adaptation of
    step size and a dense mass matrix), in chunks of at most :data:`CHUNK` iterations so
    that progress can be reported between chunks without a second compiled program.
