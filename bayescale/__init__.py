@@ -4,12 +4,12 @@ Importing bayescale turns on JAX's float64 mode: ``N**-alpha`` and small loss
 differences lose precision in float32, and every law here is fitted in float64
 on CPU (DESIGN.md section 4).
 
-It also asks XLA for one CPU device per available core (unless ``XLA_FLAGS``
-already sets a count, or ``BAYESCALE_CPU_DEVICES`` gives one): NUTS chains on
-separate devices each run their own loop, where chains vectorised on one device
-all wait for the longest trajectory. On 2 cores this halved the wall time of a
-4-chain fit. It takes effect only if JAX has not started its CPU backend yet,
-so import bayescale before running any JAX computation.
+It also asks XLA for one CPU device per available core, and at least 4 (unless
+``XLA_FLAGS`` already sets a count, or ``BAYESCALE_CPU_DEVICES`` gives one): NUTS
+chains on separate devices each run their own loop, where chains vectorised on
+one device all wait for the longest trajectory. On 2 cores this halved the wall
+time of a 4-chain fit. It takes effect only if JAX has not started its CPU
+backend yet, so import bayescale before running any JAX computation.
 """
 
 import os
@@ -21,8 +21,10 @@ def _split_cpu_into_devices() -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" in flags:
         return
-    count = os.environ.get("BAYESCALE_CPU_DEVICES") or str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(count)}".strip()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    # At least one device per default chain (4): see bayescale.engine.devices_for for why.
+    count = int(os.environ.get("BAYESCALE_CPU_DEVICES") or max(cores, 4))
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
 _split_cpu_into_devices()

@@ -344,16 +344,39 @@ def sampler_for(key, model_factory, args: tuple, settings: Settings, *, batched:
 def devices_for(chain_method: str, num_chains: int):
     """Devices to split ``num_chains`` chains across, or ``None`` for one vectorised program.
 
-    ``"auto"`` and ``"parallel"`` use as many local devices as divide the chains evenly
-    (GPUs, TPUs, or CPU devices made with ``XLA_FLAGS=--xla_force_host_platform_device_count``);
-    ``"vectorized"`` keeps every chain on the default device.
+    ``"auto"`` and ``"parallel"`` split the chains when there are enough local devices:
+    on CPU one device per chain (import bayescale makes at least 4 CPU devices), on GPU/TPU
+    as many devices as divide the chains evenly. ``"vectorized"`` keeps every chain on the
+    default device.
+
+    Why one chain per CPU device: a batched LAPACK call (the Hessian's eigendecomposition,
+    the dense mass matrix's Cholesky factor) splits its batch over XLA's intra-op thread pool
+    and blocks a pool thread until the pieces finish. With several CPU devices each running
+    such a call, every pool thread can end up blocked, waiting on pieces that no thread is
+    free to run; a 64-data-set batch on 2 CPU devices hung this way (jaxlib 0.10.2). A single
+    chain per device makes every such call unbatched.
     """
     if chain_method not in ("auto", "parallel", "vectorized"):
         raise ValueError(f"chain_method must be 'auto', 'parallel' or 'vectorized', got {chain_method!r}")
-    if chain_method == "vectorized":
+    if chain_method == "vectorized" or num_chains < 2:
         return None
     devices = jax.local_devices()
+    if devices[0].platform == "cpu":
+        return tuple(devices[:num_chains]) if len(devices) >= num_chains else None
     count = max(k for k in range(1, min(len(devices), num_chains) + 1) if num_chains % k == 0)
+    return tuple(devices[:count]) if count > 1 else None
+
+
+def devices_for_batches(batch_size: int):
+    """Devices to split batches of ``batch_size`` data sets across: accelerators only.
+
+    On CPU a batch runs on one device; see :func:`devices_for` for the thread-pool deadlock
+    that several CPU devices running batched LAPACK calls can reach.
+    """
+    devices = jax.local_devices()
+    if devices[0].platform == "cpu" or len(devices) < 2:
+        return None
+    count = max(k for k in range(1, min(len(devices), batch_size) + 1) if batch_size % k == 0)
     return tuple(devices[:count]) if count > 1 else None
 
 

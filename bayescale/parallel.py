@@ -29,7 +29,7 @@ import pandas as pd
 
 from .data import DataError, RunTable
 from .diagnostics import SamplerWarning, diagnose
-from .engine import Settings, devices_for, enable_compilation_cache, sampler_for
+from .engine import Settings, devices_for_batches, enable_compilation_cache, sampler_for
 from .fit import Fit, check_identifiable, to_inference_data
 from .model import centre_of, centred_inputs, make_model
 from .spec import ModelSpec
@@ -100,7 +100,7 @@ def fit_many(
     largest = max(len(table) for table in groups.values())
     prepared = {name: _prepare(table, spec, largest) for name, table in groups.items()}
 
-    devices = devices_for("auto", batch_size) if executor is None else None
+    devices = devices_for_batches(batch_size) if executor is None else None
     width = min(batch_size, len(names))
     if devices:
         width = -(-width // len(devices)) * len(devices)  # a whole number of data sets per device
