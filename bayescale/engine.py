@@ -94,14 +94,11 @@ class Draws:
     seconds
         Wall time of the run (optimisation, warm-up and sampling; compilation included
         where the program was not compiled yet).
-    compiled
-        Whether this run had to trace and compile the program.
     """
 
     samples: dict
     stats: dict
     seconds: float
-    compiled: bool
 
 
 def _latent_layout(model, args) -> dict:
@@ -264,7 +261,7 @@ class Sampler:
         self._advance = jax.jit(advance_chains)
         self._constrain = jax.jit(constrain_draws)
 
-    def run(self, rng_key, args: tuple, *, progress: bool = False, label: str = "") -> Draws:
+    def run(self, rng_key, args: tuple, *, progress: bool = False) -> Draws:
         """Optimise, warm up and sample every chain.
 
         Parameters
@@ -276,8 +273,6 @@ class Sampler:
             The model's arguments (with a leading data-set axis when batched).
         progress
             Report warm-up and sampling progress on stderr.
-        label
-            Prefix of the progress lines.
 
         Returns
         -------
@@ -285,13 +280,12 @@ class Sampler:
         """
         s = self.settings
         started = time.perf_counter()
-        leading = (jax.tree_util.tree_leaves(args)[0].shape[0],) if self.batched else ()
         if self.batched:
             keys = jax.vmap(lambda key: jax.random.split(key, s.num_chains))(rng_key)
         else:
             keys = jax.random.split(rng_key, s.num_chains)
         states = self._start(keys, args)
-        draw_axis = len(leading) + 1  # after the data-set and chain axes
+        draw_axis = 2 if self.batched else 1  # after the (data-set and) chain axes
         kept = []
         for phase, total in (("warm-up", s.num_warmup), ("sampling", s.num_samples)):
             done = 0
@@ -303,7 +297,7 @@ class Sampler:
                 else:
                     jax.block_until_ready(states)
                 done += steps
-                _report(progress, f"{label}{phase} {done}/{total} ({time.perf_counter() - started:.1f} s)", final=done == total)
+                _report(progress, f"{phase} {done}/{total} ({time.perf_counter() - started:.1f} s)", final=done == total)
         collected = {k: np.concatenate([chunk[k] for chunk in kept], axis=draw_axis) for k in kept[0]}
         samples = self._constrain(jnp.asarray(collected.pop("z")), args)
         self.runs += 1
@@ -311,17 +305,21 @@ class Sampler:
             samples={k: np.asarray(v) for k, v in samples.items()},
             stats={STATISTICS[k]: v for k, v in collected.items()},
             seconds=time.perf_counter() - started,
-            compiled=self.runs == 1,
         )
 
 
+def say(message: str, progress: bool) -> None:
+    """Print a ``bayescale:`` progress line on stderr when ``progress`` is true."""
+    if progress:
+        print(f"bayescale: {message}", file=sys.stderr, flush=True)
+
+
 def _report(progress: bool, message: str, final: bool) -> None:
-    if not progress:
-        return
-    if sys.stderr.isatty():
+    """Sampler progress: updated in place on a terminal, only the final line otherwise."""
+    if progress and sys.stderr.isatty():
         print(f"\rbayescale: {message}", end="\n" if final else "", file=sys.stderr, flush=True)
     elif final:
-        print(f"bayescale: {message}", file=sys.stderr, flush=True)
+        say(message, progress)
 
 
 _SAMPLERS: dict = {}
@@ -363,8 +361,7 @@ def devices_for(chain_method: str, num_chains: int):
     devices = jax.local_devices()
     if devices[0].platform == "cpu":
         return tuple(devices[:num_chains]) if len(devices) >= num_chains else None
-    count = max(k for k in range(1, min(len(devices), num_chains) + 1) if num_chains % k == 0)
-    return tuple(devices[:count]) if count > 1 else None
+    return _even_split(devices, num_chains)
 
 
 def devices_for_batches(batch_size: int):
@@ -374,9 +371,12 @@ def devices_for_batches(batch_size: int):
     that several CPU devices running batched LAPACK calls can reach.
     """
     devices = jax.local_devices()
-    if devices[0].platform == "cpu" or len(devices) < 2:
-        return None
-    count = max(k for k in range(1, min(len(devices), batch_size) + 1) if batch_size % k == 0)
+    return None if devices[0].platform == "cpu" else _even_split(devices, batch_size)
+
+
+def _even_split(devices, items: int):
+    """The most devices (at least 2) that share ``items`` evenly, or ``None``."""
+    count = max(k for k in range(1, min(len(devices), items) + 1) if items % k == 0)
     return tuple(devices[:count]) if count > 1 else None
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,18 +15,13 @@ from . import __version__
 from ._arviz import az
 from .data import DataError, RunTable
 from .diagnostics import Diagnostics, diagnose
-from .engine import Settings, devices_for, enable_compilation_cache, sampler_for
+from .engine import Settings, devices_for, enable_compilation_cache, sampler_for, say
 from .model import centre_of, centred_inputs, make_model
 from .predict import optimal_allocation, predict_loss, simulate_log_loss
 from .spec import ModelSpec
 
 #: Quantiles reported by summary (DESIGN.md section 9).
 SUMMARY_QUANTILES = {"q2.5": 0.025, "q50": 0.5, "q97.5": 0.975}
-
-
-def _say(message: str, progress: bool) -> None:
-    if progress:
-        print(f"bayescale: {message}", file=sys.stderr, flush=True)
 
 
 def fit(
@@ -89,7 +83,7 @@ def fit(
     x = centred_inputs(data, centre)
     log_loss = jnp.log(jnp.asarray(data["loss"].to_numpy(dtype=float)))
     sampler = sampler_for(spec.text, lambda: make_model(spec), (x, log_loss), settings, devices=devices_for(chain_method, num_chains))
-    _say(
+    say(
         f"fitting card {spec.name!r} to {len(runs)} observations: {num_chains} chains x "
         f"({num_warmup} warm-up + {num_samples} draws){'' if sampler.runs else ', compiling first'}",
         progress,
@@ -97,7 +91,7 @@ def fit(
     draws = sampler.run(jax.random.PRNGKey(seed), (x, log_loss), progress=progress)
     idata = to_inference_data(draws.samples, draws.stats, spec, runs, x, centre, seed)
     diagnostics = diagnose(idata, list(spec.sampled_parameters))
-    _say(f"done in {draws.seconds:.1f} s; {'no problems found' if diagnostics.ok else 'see warnings'}", progress)
+    say(f"done in {draws.seconds:.1f} s; {'no problems found' if diagnostics.ok else 'see warnings'}", progress)
     diagnostics.warn()
     return Fit(idata=idata, spec=spec, diagnostics=diagnostics)
 

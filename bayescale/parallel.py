@@ -16,11 +16,11 @@ deadlocks) or a Ray cluster (:class:`RayExecutor`).
 from __future__ import annotations
 
 import multiprocessing
-import sys
 import time
 import warnings
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,7 @@ import pandas as pd
 
 from .data import DataError, RunTable
 from .diagnostics import SamplerWarning, diagnose
-from .engine import Settings, devices_for_batches, enable_compilation_cache, sampler_for
+from .engine import Settings, devices_for_batches, enable_compilation_cache, sampler_for, say
 from .fit import Fit, check_identifiable, to_inference_data
 from .model import centre_of, centred_inputs, make_model
 from .spec import ModelSpec
@@ -105,7 +105,7 @@ def fit_many(
     if devices:
         width = -(-width // len(devices)) * len(devices)  # a whole number of data sets per device
     batches = [names[i : i + width] for i in range(0, len(names), width)]
-    _say(
+    say(
         f"fitting card {spec.name!r} to {len(names)} groups by {by!r} (up to {largest} observations each) in "
         f"{len(batches)} batch(es) of {width}: {num_chains} chains x ({num_warmup} warm-up + {num_samples} draws)",
         progress,
@@ -117,7 +117,7 @@ def fit_many(
         results = []
         for number, payload in enumerate(payloads, 1):
             results.append(_sample_batch(spec.text, settings, payload, devices=devices))
-            _say(f"batch {number}/{len(batches)} done ({time.perf_counter() - started:.1f} s)", progress)
+            say(f"batch {number}/{len(batches)} done ({time.perf_counter() - started:.1f} s)", progress)
     else:
         futures = [executor.submit(_sample_batch, spec.text, settings, payload) for payload in payloads]
         results = [future.result() for future in futures]
@@ -125,13 +125,13 @@ def fit_many(
     fits = {}
     for batch, (samples, stats) in zip(batches, results):
         for position, name in enumerate(batch):
-            table, x, _, _, centre = prepared[name]
-            x = {k: v[: len(table)] for k, v in x.items()}
+            group = prepared[name]
+            x = {k: v[: len(group.table)] for k, v in group.x.items()}
             pick = lambda arrays: {k: np.asarray(v[position]) for k, v in arrays.items()}  # noqa: E731
-            idata = to_inference_data(pick(samples), pick(stats), spec, table, x, centre, seed)
+            idata = to_inference_data(pick(samples), pick(stats), spec, group.table, x, group.centre, seed)
             idata.attrs["group"] = f"{by}={name}"
             fits[name] = Fit(idata=idata, spec=spec, diagnostics=diagnose(idata, list(spec.sampled_parameters)))
-    _say(f"{len(fits)} fits in {time.perf_counter() - started:.1f} s", progress)
+    say(f"{len(fits)} fits in {time.perf_counter() - started:.1f} s", progress)
     troubled = [name for name, fitted in fits.items() if not fitted.diagnostics.ok]
     if troubled:
         shown = ", ".join(troubled[:10]) + (f" and {len(troubled) - 10} more" if len(troubled) > 10 else "")
@@ -159,7 +159,17 @@ def _split(runs: RunTable, by: str, spec: ModelSpec) -> dict[str, RunTable]:
     return groups
 
 
-def _prepare(table: RunTable, spec: ModelSpec, length: int):
+class _Group(NamedTuple):
+    """One group's data, padded to the batch's common length."""
+
+    table: RunTable
+    x: dict
+    log_loss: np.ndarray
+    mask: np.ndarray
+    centre: dict
+
+
+def _prepare(table: RunTable, spec: ModelSpec, length: int) -> _Group:
     """Centred inputs, log losses and mask, padded to ``length`` rows."""
     data = table.data
     centre = centre_of(table, spec)
@@ -170,16 +180,16 @@ def _prepare(table: RunTable, spec: ModelSpec, length: int):
     x = {k: np.concatenate([v, np.zeros(pad)]) for k, v in x.items()}
     mask = np.concatenate([np.ones(len(data), bool), np.zeros(pad, bool)])
     log_loss = np.concatenate([log_loss, np.full(pad, log_loss.mean())])
-    return table, x, log_loss, mask, centre
+    return _Group(table, x, log_loss, mask, centre)
 
 
 def _payload(batch: list[str], prepared: dict, keys: dict, width: int):
     """Stacked arguments and keys of one batch, filled up to ``width`` with copies of its
     first data set (their draws are discarded) so that every batch has one shape."""
     filled = batch + [batch[0]] * (width - len(batch))
-    x = {k: np.stack([prepared[name][1][k] for name in filled]) for k in prepared[batch[0]][1]}
-    log_loss = np.stack([prepared[name][2] for name in filled])
-    mask = np.stack([prepared[name][3] for name in filled])
+    x = {k: np.stack([prepared[name].x[k] for name in filled]) for k in prepared[batch[0]].x}
+    log_loss = np.stack([prepared[name].log_loss for name in filled])
+    mask = np.stack([prepared[name].mask for name in filled])
     return (x, log_loss, mask), np.stack([np.asarray(keys[name]) for name in filled])
 
 
@@ -192,11 +202,6 @@ def _sample_batch(card_text: str, settings: Settings, payload, devices=None):
     sampler = sampler_for(card_text, lambda: make_model(spec), args, settings, batched=True, devices=devices)
     draws = sampler.run(jnp.asarray(keys), args)
     return draws.samples, draws.stats
-
-
-def _say(message: str, progress: bool) -> None:
-    if progress:
-        print(f"bayescale: {message}", file=sys.stderr, flush=True)
 
 
 def process_pool(workers: int = 2) -> ProcessPoolExecutor:
