@@ -187,9 +187,15 @@ class Sampler:
     devices
         Devices to split the chains (or, when batched, the data sets) across, each running
         its share as one vectorised program; ``None`` runs everything on the default device.
+    start
+        For models whose sampling coordinates have no posterior mode (a hierarchical model's
+        centred coordinates: the density grows without bound as a spread goes to zero), an
+        object with ``args(args)``, the arguments of an equivalent model that has one, and
+        ``convert(latent, args)``, which maps that model's unconstrained values to this one's.
+        Chains then optimise in the former and start sampling at the converted point.
     """
 
-    def __init__(self, model, example_args: tuple, settings: Settings, *, batched: bool = False, devices=None):
+    def __init__(self, model, example_args: tuple, settings: Settings, *, batched: bool = False, devices=None, start=None):
         self.settings = settings
         self.batched = batched
         self.runs = 0
@@ -206,7 +212,13 @@ class Sampler:
         def start_chain(key, args):
             key_start, key_nuts = jax.random.split(key)
             z0 = jax.random.uniform(key_start, (self.dim,), minval=-2.0, maxval=2.0)
-            z_mode, precision = find_mode(partial(potential, args=args), z0)
+            if start is None:
+                z_mode, precision = find_mode(partial(potential, args=args), z0)
+            else:
+                # Optimise where the posterior has a mode, then move to the sampling coordinates.
+                z_start, _ = find_mode(partial(potential, args=start.args(args)), z0)
+                z_mode = ravel_pytree(start.convert(unravel(z_start), args))[0]
+                precision = jax.hessian(partial(potential, args=args))(z_mode)
             # Start at this chain's mode with the Laplace approximation's covariance as the first
             # mass matrix: the first warm-up window then explores the posterior rather than
             # walking to it with unit step lengths. (Starting at a draw from the approximation
@@ -260,6 +272,24 @@ class Sampler:
         self._start = jax.jit(start_chains)
         self._advance = jax.jit(advance_chains)
         self._constrain = jax.jit(constrain_draws)
+
+        @jax.jit
+        def laplace(args):
+            z, hessian = find_mode(partial(potential, args=start.args(args)), jnp.zeros(self.dim))
+            return unravel(z), hessian
+
+        self._laplace = laplace
+        self._positions = jax.tree_util.tree_map(np.asarray, unravel(jnp.arange(self.dim)))
+
+    def laplace(self, args: tuple) -> tuple[dict, np.ndarray, dict]:
+        """A posterior mode in the start's coordinates and the potential's Hessian there.
+
+        Returns the mode by site, the Hessian of the flat unconstrained vector, and each site's
+        positions in that vector. Only for a sampler built with ``start``
+        (:mod:`bayescale.hierarchy` uses it to decide which family coordinates the data pin down).
+        """
+        mode, hessian = self._laplace(args)
+        return jax.tree_util.tree_map(np.asarray, mode), np.asarray(hessian), self._positions
 
     def run(self, rng_key, args: tuple, *, progress: bool = False) -> Draws:
         """Optimise, warm up and sample every chain.
@@ -325,7 +355,7 @@ def _report(progress: bool, message: str, final: bool) -> None:
 _SAMPLERS: dict = {}
 
 
-def sampler_for(key, model_factory, args: tuple, settings: Settings, *, batched: bool = False, devices=None) -> Sampler:
+def sampler_for(key, model_factory, args: tuple, settings: Settings, *, batched: bool = False, devices=None, start=None) -> Sampler:
     """The cached :class:`Sampler` for ``key`` (e.g. a card's text), settings, devices and data shape.
 
     ``model_factory()`` builds the model the first time only, so a refit reuses both the
@@ -335,7 +365,7 @@ def sampler_for(key, model_factory, args: tuple, settings: Settings, *, batched:
     structure = jax.tree_util.tree_structure(args)
     cache_key = (key, settings, batched, devices, shapes, structure)
     if cache_key not in _SAMPLERS:
-        _SAMPLERS[cache_key] = Sampler(model_factory(), args, settings, batched=batched, devices=devices)
+        _SAMPLERS[cache_key] = Sampler(model_factory(), args, settings, batched=batched, devices=devices, start=start)
     return _SAMPLERS[cache_key]
 
 

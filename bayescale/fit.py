@@ -15,9 +15,11 @@ from . import __version__
 from ._arviz import az
 from .data import DataError, RunTable
 from .diagnostics import Diagnostics, diagnose
+from .coordinates import to_parameters
 from .engine import Settings, devices_for, enable_compilation_cache, sampler_for, say
+from .hierarchy import NEW_FAMILY, NonCentredStart, check_families, choose_centring, family_parameters, groups_of, layout_of, make_hierarchical_model, population_draws, simulate_rows
 from .model import centre_of, centred_inputs, make_model
-from .predict import optimal_allocation, predict_loss, simulate_log_loss
+from .predict import check_family, optimal_allocation, predict_loss, simulate_log_loss
 from .spec import ModelSpec
 
 #: Quantiles reported by summary (DESIGN.md section 9).
@@ -75,21 +77,34 @@ def fit(
         runs = RunTable(runs)
     spec = ModelSpec.load(model)
     settings = Settings(num_chains, num_warmup, num_samples, target_accept, max_tree_depth)
-    check_identifiable(runs, spec)
+    if spec.hierarchical:
+        check_families(runs, spec)
+    else:
+        check_identifiable(runs, spec)
     enable_compilation_cache()
 
     data = runs.data
     centre = centre_of(runs, spec)
     x = centred_inputs(data, centre)
     log_loss = jnp.log(jnp.asarray(data["loss"].to_numpy(dtype=float)))
-    sampler = sampler_for(spec.text, lambda: make_model(spec), (x, log_loss), settings, devices=devices_for(chain_method, num_chains))
+    if spec.hierarchical:
+        groups = groups_of(runs, spec)
+        args = (x, log_loss, {k: jnp.asarray(v) for k, v in groups.items()})
+        start = NonCentredStart(layout_of(spec))
+        sampler = sampler_for(spec.text, lambda: make_hierarchical_model(spec), args, settings, devices=devices_for(chain_method, num_chains), start=start)
+        groups["centred"] = choose_centring(sampler, args)
+        args[2]["centred"] = jnp.asarray(groups["centred"])
+        _say_groups(runs, groups, progress)
+    else:
+        groups, args = None, (x, log_loss)
+        sampler = sampler_for(spec.text, lambda: make_model(spec), args, settings, devices=devices_for(chain_method, num_chains))
     say(
         f"fitting card {spec.name!r} to {len(runs)} observations: {num_chains} chains x "
         f"({num_warmup} warm-up + {num_samples} draws){'' if sampler.runs else ', compiling first'}",
         progress,
     )
-    draws = sampler.run(jax.random.PRNGKey(seed), (x, log_loss), progress=progress)
-    idata = to_inference_data(draws.samples, draws.stats, spec, runs, x, centre, seed)
+    draws = sampler.run(jax.random.PRNGKey(seed), args, progress=progress)
+    idata = to_inference_data(draws.samples, draws.stats, spec, runs, x, centre, seed, groups)
     diagnostics = diagnose(idata, list(spec.sampled_parameters))
     say(f"done in {draws.seconds:.1f} s; {'no problems found' if diagnostics.ok else 'see warnings'}", progress)
     diagnostics.warn()
@@ -107,18 +122,56 @@ def check_identifiable(runs: RunTable, spec: ModelSpec, where: str = "the data")
         )
 
 
-def to_inference_data(samples: dict, stats: dict, spec: ModelSpec, runs: RunTable, x: dict, centre: dict, seed: int):
+def _say_groups(runs: RunTable, groups: dict, progress: bool) -> None:
+    leaning = [name for name, centred in zip(runs.families, groups["centred"]) if not centred.any()]
+    say(
+        f"{len(runs.families)} families, {len(groups['run_rows'])} runs"
+        + (f"; families whose data pin none of their coordinates lean on the population: {', '.join(leaning)}" if leaning else "")
+        + ("" if groups["run_effect"] else "; every run has one row, so run-to-run spread is not separated from noise"),
+        progress,
+    )
+
+
+def to_inference_data(samples: dict, stats: dict, spec: ModelSpec, runs: RunTable, x: dict, centre: dict, seed: int, groups: dict | None = None):
     """Assemble the InferenceData of a fit from draws of shape ``(chain, draw)``.
 
     Adds the card's published parameters, posterior predictive log losses, the data and
-    the provenance attributes (card text, data hash, package version, centre, seed).
+    the provenance attributes (card text, data hash, package version, centre, seed). For a
+    hierarchical card (``groups`` from :func:`bayescale.hierarchy.groups_of`) the law's
+    parameters get a ``family`` dimension, the typical family's published parameters are
+    added as ``<name>_population``, and the family/run structure is kept in ``constant_data``.
     """
-    natural = {k: np.asarray(v) for k, v in spec.law.natural(samples, centre).items()}
-    posterior = {**samples, **{k: v for k, v in natural.items() if k not in samples}}
     data = runs.data
-    predicted = simulate_log_loss(spec, posterior, x, noise=True, rng=np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    log_loss = np.log(data["loss"].to_numpy(dtype=float))
+    dims: dict = {}
+    if groups is None:
+        natural = {k: np.asarray(v) for k, v in spec.law.natural(samples, centre).items()}
+        posterior = {**samples, **{k: v for k, v in natural.items() if k not in samples}}
+        predicted = simulate_log_loss(spec, posterior, x, noise=True, rng=rng)
+    else:
+        shape = samples["mu"].shape[:2]
+        flat = {k: np.asarray(v).reshape(-1, *np.shape(v)[2:]) for k, v in samples.items()}
+        flat["centred"] = groups["centred"]
+        theta = family_parameters(spec, flat, runs.families)
+        layout = layout_of(spec)
+        typical, _ = to_parameters(spec.law, {name: flat["mu"][:, k] for k, name in enumerate(layout.names)})
+        per_family = {**theta, **spec.law.natural(theta, centre)}
+        population = spec.law.natural(typical, centre)
+        posterior = {k: np.asarray(v) for k, v in samples.items()}
+        posterior.update({k: np.asarray(v).reshape(*shape, -1) for k, v in per_family.items()})
+        posterior.update({f"{k}_population": np.asarray(v).reshape(shape) for k, v in population.items()})
+        predicted = simulate_rows(spec, theta, {k: flat[k] for k in ("sigma", "sigma_run")}, groups, x, log_loss, rng).reshape(*shape, -1)
+        dims = {name: ["family"] for name in per_family}
+        dims.update(mu=["coordinate"], tau=["pooled_coordinate"], family_raw=["family", "varying_coordinate"])
     constant = {name: data[name].to_numpy(dtype=float) for name in ("params", "tokens", "flops") if name in data}
     constant["family_index"] = runs.family_codes()
+    coords = {"obs": np.arange(len(data))}
+    if groups is not None:
+        constant.update(run_index=groups["run"], centred=groups["centred"], run_effect=groups["run_effect"])
+        dims.update(run_index=["obs"], centred=["family", "varying_coordinate"])
+        layout = layout_of(spec)
+        coords.update(family=runs.families, coordinate=list(layout.names), pooled_coordinate=layout.pooled_names, varying_coordinate=layout.varying_names)
     attrs = {
         "model_card": spec.text,
         "model_name": spec.name,
@@ -134,10 +187,10 @@ def to_inference_data(samples: dict, stats: dict, spec: ModelSpec, runs: RunTabl
         # Log scale: with Student-t noise of nu near 1 a draw of exp(log loss) can overflow.
         posterior_predictive={"log_loss": predicted},
         sample_stats=stats,
-        observed_data={"loss": data["loss"].to_numpy(dtype=float), "log_loss": np.log(data["loss"].to_numpy(dtype=float))},
+        observed_data={"loss": data["loss"].to_numpy(dtype=float), "log_loss": log_loss},
         constant_data=constant,
-        coords={"obs": np.arange(len(data))},
-        dims={"loss": ["obs"], "log_loss": ["obs"], **{name: ["obs"] for name in constant}},
+        coords=coords,
+        dims={"loss": ["obs"], "log_loss": ["obs"], **{name: ["obs"] for name in ("params", "tokens", "flops", "family_index")}, **dims},
         attrs=attrs,
     )
 
@@ -201,29 +254,77 @@ class Fit:
         pandas.DataFrame
             One row per parameter with columns ``parameter, mean, sd, q2.5, q50, q97.5,
             r_hat, ess_bulk, ess_tail``. Chinchilla parameters appear on the natural scale as
-            ``E, A, alpha, B, beta``.
+            ``E, A, alpha, B, beta``. A hierarchical fit lists the population's typical family
+            (``alpha[population]``), each family (``alpha[family_a]``), the family spreads
+            in the sampler's coordinates (``tau[log_alpha]``), the checkpoint noise ``sigma``
+            and the run-to-run (seed) spread ``sigma_run``.
         """
-        names = [*self.spec.law.reported, *self.spec.noise_parameters]
+        law = self.spec.law
+        if self.spec.hierarchical:
+            names = [*(f"{n}_population" for n in law.reported), *law.reported, *self.spec.sampled_parameters[1:]]
+            names = [n for n in names if n != "family_raw"]
+        else:
+            names = [*law.reported, *self.spec.noise_parameters]
         posterior = self.idata.posterior[names]
-        draws = self.draws(names)
         r_hat = az.rhat(posterior) if posterior.sizes["chain"] > 1 else None
         ess_bulk, ess_tail = az.ess(posterior, method="bulk"), az.ess(posterior, method="tail")
         rows = []
         for name in names:
-            row = {"parameter": name, "mean": draws[name].mean(), "sd": draws[name].std(ddof=1)}
-            row.update({label: np.quantile(draws[name], q) for label, q in SUMMARY_QUANTILES.items()})
-            row["r_hat"] = float(r_hat[name]) if r_hat is not None else float("nan")
-            row["ess_bulk"], row["ess_tail"] = float(ess_bulk[name]), float(ess_tail[name])
-            rows.append(row)
+            values = posterior[name]
+            extra = [d for d in values.dims if d not in ("chain", "draw")]
+            labels = values[extra[0]].values if extra else [None]
+            for label in labels:
+                pick = {extra[0]: label} if extra else {}
+                draws = values.sel(pick).values.reshape(-1)
+                base = name.removesuffix("_population")
+                tag = "population" if name.endswith("_population") else label
+                row = {"parameter": base if tag is None else f"{base}[{tag}]", "mean": draws.mean(), "sd": draws.std(ddof=1)}
+                row.update({q_label: np.quantile(draws, q) for q_label, q in SUMMARY_QUANTILES.items()})
+                row["r_hat"] = float(r_hat[name].sel(pick)) if r_hat is not None else float("nan")
+                row["ess_bulk"], row["ess_tail"] = float(ess_bulk[name].sel(pick)), float(ess_tail[name].sel(pick))
+                rows.append(row)
         return pd.DataFrame(rows)
+
+    def parameter_draws(self, family: str | None = None, *, seed: int = 0) -> dict[str, np.ndarray]:
+        """Draws of the law's parameters for a family, and of a new observation's noise.
+
+        Parameters
+        ----------
+        family
+            A fitted family, or (hierarchical cards) ``"new"`` for a family not in the data,
+            whose parameters are drawn from the population. ``None`` means the only family of
+            a single-family fit.
+        seed
+            Seed of the population draws for a new family.
+
+        Returns
+        -------
+        dict
+            The law's parameters (centred, see :mod:`bayescale.laws`) and ``sigma``, the sd of a
+            new run's observed log loss around the law (for hierarchical cards the run-to-run
+            and checkpoint spreads combined), each a 1-D array of draws.
+        """
+        check_family(self, family)
+        if not self.spec.hierarchical:
+            return self.draws(list(self.spec.sampled_parameters))
+        posterior = {name: self.idata.posterior[name].values for name in self.spec.sampled_parameters}
+        flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in posterior.items()}
+        flat["centred"] = self.idata.constant_data["centred"].values
+        if family is None:
+            family = self.families[0]
+        index = None if family == NEW_FAMILY else self.families.index(family)
+        theta = population_draws(self.spec, flat, index, np.random.default_rng([seed, 1]))
+        run_effect = float(np.ravel(self.idata.constant_data["run_effect"].values)[0])
+        theta["sigma"] = np.sqrt(flat["sigma"] ** 2 + run_effect * flat["sigma_run"] ** 2)
+        return theta
 
     def predict(self, params=None, tokens=None, flops=None, family=None, *, noise=False, draws=False, seed=0):
         """Posterior predictive loss at new scales; see :func:`bayescale.predict.predict_loss`."""
         return predict_loss(self, params=params, tokens=tokens, flops=flops, family=family, noise=noise, draws=draws, seed=seed)
 
-    def optimal(self, flops, *, draws=False):
+    def optimal(self, flops, *, family=None, draws=False, seed=0):
         """Compute-optimal allocation at a budget; see :func:`bayescale.predict.optimal_allocation`."""
-        return optimal_allocation(self, flops=flops, draws=draws)
+        return optimal_allocation(self, flops=flops, family=family, draws=draws, seed=seed)
 
     def save(self, path: str | Path) -> Path:
         """Write the fit to a netCDF file that :func:`load` reads back exactly."""

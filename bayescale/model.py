@@ -27,13 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from jax.nn import log_sigmoid
 
+from .coordinates import LOG_LOSS_CENTRE, share_logit_names, terms_from_shares
 from .data import RunTable
 from .spec import ModelSpec
-
-#: Site name of the log total loss at the centre of the data.
-LOG_LOSS_CENTRE = "log_loss_centre"
 
 
 def centre_of(runs: RunTable, spec: ModelSpec) -> dict[str, float]:
@@ -45,23 +42,6 @@ def centre_of(runs: RunTable, spec: ModelSpec) -> dict[str, float]:
 def centred_inputs(values: Mapping[str, np.ndarray], centre: Mapping[str, float]) -> dict[str, jnp.ndarray]:
     """Centred log inputs ``log(value) - centre`` for each input of the law."""
     return {name: jnp.asarray(np.log(np.asarray(values[name], dtype=float)) - centre[name]) for name in centre}
-
-
-def share_logit_names(spec: ModelSpec) -> tuple[str, ...]:
-    """Sites of the stick-breaking logits: one per term but the last."""
-    return tuple(f"logit_share_{name}" for name in spec.law.terms[:-1])
-
-
-def _terms_from_shares(log_total, logits) -> list:
-    """Log of each term from the log total and stick-breaking logits of the shares.
-
-    Term k gets share sigmoid(z_k) of what terms 0..k-1 left; the last term takes the rest.
-    """
-    terms, log_rest = [], log_total
-    for z in logits:
-        terms.append(log_rest + log_sigmoid(z))
-        log_rest = log_rest + log_sigmoid(-z)
-    return [*terms, log_rest]
 
 
 def _flat():
@@ -96,8 +76,8 @@ def make_model(spec: ModelSpec):
             # Flat base measure on (log L_c, logits); the unit Jacobian means adding the card's
             # prior log-densities of the terms gives exactly the card's prior (module docstring).
             log_total = numpyro.sample(LOG_LOSS_CENTRE, _flat())
-            logits = [numpyro.sample(name, _flat()) for name in share_logit_names(spec)]
-            for name, value in zip(law.terms, _terms_from_shares(log_total, logits)):
+            logits = [numpyro.sample(name, _flat()) for name in share_logit_names(law)]
+            for name, value in zip(law.terms, terms_from_shares(log_total, logits)):
                 theta[name] = numpyro.deterministic(name, value)
                 numpyro.factor(f"prior_{name}", priors[name].log_prob(value))
             for term, exponent in law.slope_exponents.items():

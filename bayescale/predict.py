@@ -118,12 +118,24 @@ def _complete_inputs(spec: ModelSpec, params, tokens, flops) -> dict[str, np.nda
     return present
 
 
-def _check_family(fit, family: str | None) -> None:
-    if family is not None and family not in fit.families:
-        raise ValueError(
-            f"family {family!r} is not in the fitted data ({', '.join(fit.families)}); card "
-            f"{fit.spec.name!r} has no population of families to draw a new one from"
-        )
+def check_family(fit, family: str | None) -> None:
+    """Raise ``ValueError`` unless ``fit`` can predict for ``family`` (``None``: its only family)."""
+    hierarchical = fit.spec.hierarchical
+    if family is None:
+        if hierarchical and len(fit.families) > 1:
+            raise ValueError(
+                f"this fit pools {len(fit.families)} families; name one with family= ({', '.join(fit.families[:6])}), "
+                "or family='new' for a family not in the data"
+            )
+        return
+    if family in fit.families or (hierarchical and family == "new"):
+        return
+    if hierarchical:
+        raise ValueError(f"family {family!r} is not in the fitted data ({', '.join(fit.families)}); use family='new' for an unseen family")
+    raise ValueError(
+        f"family {family!r} is not in the fitted data ({', '.join(fit.families)}); card "
+        f"{fit.spec.name!r} has no population of families to draw a new one from (use a hierarchical card)"
+    )
 
 
 def predict_loss(fit, params=None, tokens=None, flops=None, family=None, *, noise=False, draws=False, seed=0) -> pd.DataFrame:
@@ -138,7 +150,8 @@ def predict_loss(fit, params=None, tokens=None, flops=None, family=None, *, nois
         reads (``params`` and ``tokens`` for Chinchilla, ``flops`` for the compute law);
         a missing one is derived from the other two by ``flops = 6 * params * tokens``.
     family
-        Family to predict for; must be one of the fitted families.
+        Family to predict for: a fitted family, or for a hierarchical card ``"new"``, a
+        family not in the data, drawn from the population (so its interval is honestly wider).
     noise
         If true, the loss a new run would *observe* (law plus observation noise);
         if false (default), the law's expected loss, whose interval reflects
@@ -154,10 +167,9 @@ def predict_loss(fit, params=None, tokens=None, flops=None, family=None, *, nois
         One row per scale: the inputs, ``family``, ``quantity`` (``"loss"``),
         ``mean`` and the quantiles ``q2.5, q5, q25, q50, q75, q95, q97.5``.
     """
-    _check_family(fit, family)
+    sampled = fit.parameter_draws(family, seed=seed)
     inputs = _complete_inputs(fit.spec, params, tokens, flops)
     x = centred_inputs(inputs, fit.centre)
-    sampled = fit.draws(list(fit.spec.sampled_parameters))
     log_loss = simulate_log_loss(fit.spec, sampled, x, noise=noise, rng=np.random.default_rng(seed))
     with np.errstate(over="ignore"):
         # With noise and Student-t nu <= 1 the predictive loss has no mean: draws may reach inf,
@@ -169,7 +181,7 @@ def predict_loss(fit, params=None, tokens=None, flops=None, family=None, *, nois
     return frame
 
 
-def optimal_allocation(fit, flops, *, draws=False) -> pd.DataFrame:
+def optimal_allocation(fit, flops, *, family=None, draws=False, seed=0) -> pd.DataFrame:
     """Compute-optimal model size and tokens at training budgets, per posterior draw.
 
     Parameters
@@ -178,8 +190,12 @@ def optimal_allocation(fit, flops, *, draws=False) -> pd.DataFrame:
         A :class:`~bayescale.Fit` of a card whose law trades N against D (Chinchilla, Kaplan).
     flops
         Budget(s) C in FLOP, with ``C = 6 N D``.
+    family
+        As for :func:`predict_loss`.
     draws
         Add a ``draws`` column holding each row's posterior draws.
+    seed
+        Seed of the population draws for ``family="new"``.
 
     Returns
     -------
@@ -199,10 +215,11 @@ def optimal_allocation(fit, flops, *, draws=False) -> pd.DataFrame:
             "trade-off to optimise; fit a card with params and tokens (e.g. chinchilla)"
         )
     budgets = _as_array("flops", flops)
-    natural = fit.draws(list(law.reported))
+    theta = fit.parameter_draws(family, seed=seed)
+    natural = {k: np.asarray(v) for k, v in law.natural(theta, fit.centre).items()}
     n_opt, d_opt = law.optimal_fn({k: v[:, None] for k, v in natural.items()}, budgets[None, :])
     x_opt = centred_inputs({"params": n_opt, "tokens": d_opt}, fit.centre)
-    loss = np.exp(simulate_log_loss(fit.spec, fit.draws(list(law.parameters)), x_opt, noise=False))
+    loss = np.exp(simulate_log_loss(fit.spec, theta, x_opt, noise=False))
     quantities = {"params": n_opt, "tokens": d_opt, "tokens_per_param": d_opt / n_opt, "loss": loss}
     rows = []
     for j, budget in enumerate(budgets):

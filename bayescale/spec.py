@@ -12,11 +12,54 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from .coordinates import coordinate_names
 from .laws import Law, get_law
 from .priors import Prior
 
 #: Likelihoods a card may choose for the log loss.
 LIKELIHOODS = ("student_t", "normal")
+
+#: How a hierarchical card relates each family's coordinate to the population's.
+POOLING_MODES = ("pooled", "shared", "free")
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How one sampler coordinate varies across families, as a card's ``[pooling]`` says.
+
+    Attributes
+    ----------
+    mode
+        ``"pooled"``: each family's value is drawn from Normal(population mean, tau), with
+        tau learned (partial pooling); ``"shared"``: one value for every family (complete
+        pooling); ``"free"``: Normal(population mean, ``scale``) with the spread fixed, so
+        families borrow nothing beyond the card's prior (no pooling).
+    scale
+        For ``pooled``, the scale of tau's half-normal prior; for ``free``, the fixed spread.
+    why
+        The reason, in words.
+    """
+
+    mode: str
+    scale: float | None = None
+    why: str = ""
+
+    @classmethod
+    def from_dict(cls, entry: Mapping, where: str) -> "Pooling":
+        """Parse a card table such as ``{mode = "pooled", scale = 0.1, why = "..."}``."""
+        entry = dict(entry)
+        mode = entry.pop("mode", None)
+        if mode not in POOLING_MODES:
+            raise ValueError(f"{where}: mode must be one of {POOLING_MODES}, got {mode!r}")
+        scale = entry.pop("scale", None)
+        why = entry.pop("why", "")
+        if entry:
+            raise ValueError(f"{where}: unknown keys {sorted(entry)} (a pooling entry has mode, scale, why)")
+        if mode == "shared" and scale is not None:
+            raise ValueError(f"{where}: a shared coordinate has no spread; remove 'scale'")
+        if mode != "shared" and not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0):
+            raise ValueError(f"{where}: mode {mode!r} needs a positive 'scale' (the spread across families)")
+        return cls(mode, None if scale is None else float(scale), why)
 
 
 def cards_dir() -> Path:
@@ -59,15 +102,30 @@ class ModelSpec:
     likelihood: str
     text: str
     description: str = ""
+    pooling: Mapping[str, Pooling] | None = None
+
+    @property
+    def hierarchical(self) -> bool:
+        """True for a card with a ``[pooling]`` section: families pooled, runs as random effects."""
+        return self.pooling is not None
 
     @property
     def noise_parameters(self) -> tuple[str, ...]:
-        """Names of the likelihood's parameters: ``sigma`` (and ``nu`` for Student-t)."""
+        """Names of the likelihood's parameters: ``sigma`` (and ``nu`` for Student-t; ``sigma_run``,
+        the run-to-run spread, for hierarchical cards)."""
+        if self.hierarchical:
+            return ("sigma", "sigma_run")
         return ("sigma", "nu") if self.likelihood == "student_t" else ("sigma",)
 
     @property
     def sampled_parameters(self) -> tuple[str, ...]:
-        """Names of every sampled site: the law's parameters, then the noise parameters."""
+        """Names of every sampled site: the law's parameters (for a hierarchical card its
+        population mean ``mu``, spreads ``tau`` and family offsets ``family_raw``), then the
+        noise parameters."""
+        if self.hierarchical:
+            spreads = ("tau",) if any(p.mode == "pooled" for p in self.pooling.values()) else ()
+            varying = ("family_raw",) if any(p.mode != "shared" for p in self.pooling.values()) else ()
+            return ("mu", *spreads, *varying, *self.noise_parameters)
         return (*self.law.parameters, *self.noise_parameters)
 
     @classmethod
@@ -85,7 +143,14 @@ class ModelSpec:
         kind = likelihood.pop("kind", None)
         if kind not in LIKELIHOODS:
             raise ValueError(f"{where}: likelihood.kind must be one of {LIKELIHOODS}, got {kind!r}")
+        pooling = _parse_pooling(card.get("pooling"), law, where)
+        if pooling is not None and kind != "normal":
+            raise ValueError(
+                f"{where}: a card with [pooling] needs likelihood.kind = \"normal\" (the run effect is "
+                "integrated out in closed form, which needs normal checkpoint noise)"
+            )
         needed = set(law.parameters) | {"sigma"} | ({"nu"} if kind == "student_t" else set())
+        needed |= {"sigma_run"} if pooling is not None else set()
         entries = {**card["priors"], **likelihood}
         missing = needed - set(entries)
         extra = set(entries) - needed
@@ -94,7 +159,7 @@ class ModelSpec:
         if extra:
             raise ValueError(f"{where}: priors {sorted(extra)} are not parameters of law {law.name!r} ({kind})")
         priors = {name: Prior.from_dict(entries[name], f"{where}, prior {name!r}") for name in sorted(needed)}
-        return cls(card["name"], law, priors, kind, text, card.get("description", ""))
+        return cls(card["name"], law, priors, kind, text, card.get("description", ""), pooling)
 
     @classmethod
     def load(cls, model: "str | Path | ModelSpec") -> "ModelSpec":
@@ -113,3 +178,17 @@ class ModelSpec:
                 "(or give a path to a .toml card)"
             )
         return cls.from_toml(bundled.read_text(), where=f"card {model!r}")
+
+
+def _parse_pooling(section, law: Law, where: str) -> dict[str, Pooling] | None:
+    """The card's ``[pooling]`` section: one entry for every sampler coordinate of the law."""
+    if section is None:
+        return None
+    names = coordinate_names(law)
+    missing, extra = set(names) - set(section), set(section) - set(names)
+    if missing or extra:
+        raise ValueError(
+            f"{where}: [pooling] must give one entry for each sampler coordinate of law {law.name!r}: "
+            f"{', '.join(names)}" + (f"; missing {sorted(missing)}" if missing else "") + (f"; unknown {sorted(extra)}" if extra else "")
+        )
+    return {name: Pooling.from_dict(section[name], f"{where}, pooling {name!r}") for name in names}

@@ -5,7 +5,8 @@ import pytest
 from numpyro.infer.util import log_density
 
 from bayescale import ModelSpec
-from bayescale.model import LOG_LOSS_CENTRE, _terms_from_shares, make_model, share_logit_names
+from bayescale.coordinates import LOG_LOSS_CENTRE, share_logit_names, terms_from_shares
+from bayescale.model import make_model
 
 
 @pytest.mark.parametrize("k", [2, 3])
@@ -13,14 +14,14 @@ def test_share_map_has_unit_jacobian(k):
     """The card's priors carry over exactly only if |det d(terms)/d(log total, logits)| = 1."""
 
     def terms(v):
-        return jnp.stack(_terms_from_shares(v[0], list(v[1:])))
+        return jnp.stack(terms_from_shares(v[0], list(v[1:])))
 
     point = jnp.array([0.9, -0.4, 1.3][:k])
     assert abs(float(jnp.linalg.det(jax.jacfwd(terms)(point)))) == pytest.approx(1.0, abs=1e-12)
 
 
 def test_terms_add_up_to_the_total():
-    log_terms = _terms_from_shares(jnp.log(3.0), [0.3, -1.1])
+    log_terms = terms_from_shares(jnp.log(3.0), [0.3, -1.1])
     assert float(jnp.exp(jnp.stack(log_terms)).sum()) == pytest.approx(3.0, rel=1e-12)
 
 
@@ -33,7 +34,7 @@ def test_sampler_density_is_the_cards_posterior(card, shapes):
     model = make_model(spec)
     x = {k: jnp.array([-1.0, 0.0, 1.0]) for k in spec.law.inputs}
     y = jnp.log(jnp.array([3.0, 2.7, 2.6]))
-    sites = [LOG_LOSS_CENTRE, *share_logit_names(spec), *(f"log_slope_{t}" for t in spec.law.slope_exponents)]
+    sites = [LOG_LOSS_CENTRE, *share_logit_names(spec.law), *(f"log_slope_{t}" for t in spec.law.slope_exponents)]
     sites += [n for n in spec.law.parameters if n not in spec.law.terms and n not in spec.law.slope_exponents.values()]
     u = jnp.array([np.log(2.7), *shapes, *[-1.5] * len(spec.law.slope_exponents), *[0.3] * (len(sites) - 1 - len(shapes) - len(spec.law.slope_exponents))])
     noise = {"sigma": 0.02, "nu": 5.0}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -49,3 +49,145 @@ def simulate_runs(
     log_loss = np.asarray(form.log_loss({k: float(v) for k, v in theta.items()}, {k: np.log(columns[k]) for k in form.inputs}))
     noise = np.random.default_rng(seed).normal(0.0, sigma, size=log_loss.shape)
     return RunTable(pd.DataFrame({**columns, "loss": np.exp(log_loss + noise)}), source=f"simulated {law} runs")
+
+
+def checkpoint_grid(
+    sizes: Mapping[str, Sequence[tuple[float, float]]],
+    *,
+    seeds: int | Mapping[str, int] = 1,
+    checkpoints: int = 1,
+    first_fraction: float = 0.1,
+) -> pd.DataFrame:
+    """The inputs of a simulated sweep: families, sizes, seeds and checkpoints.
+
+    Parameters
+    ----------
+    sizes
+        Per family, ``(params, final tokens)`` of each run configuration.
+    seeds
+        Seeds per configuration (one number for all families, or per family).
+    checkpoints
+        Checkpoints per run, evenly spaced in log tokens from ``first_fraction`` of the
+        final tokens to the final tokens (one: the final checkpoint only).
+    first_fraction
+        The first checkpoint's share of the run's final tokens.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``family, params, seed, step, tokens, flops, is_final``.
+    """
+    fractions = np.geomspace(first_fraction, 1.0, checkpoints) if checkpoints > 1 else np.ones(1)
+    rows = []
+    for family, configs in sizes.items():
+        n_seeds = seeds if isinstance(seeds, int) else seeds[family]
+        for params, final_tokens in configs:
+            for seed in range(n_seeds):
+                for step, fraction in enumerate(fractions, start=1):
+                    rows.append((family, float(params), seed, step, float(final_tokens) * fraction, step == len(fractions)))
+    frame = pd.DataFrame(rows, columns=["family", "params", "seed", "step", "tokens", "is_final"])
+    frame["flops"] = 6.0 * frame["params"] * frame["tokens"]
+    return frame
+
+
+def simulate_family_losses(
+    law: str,
+    grid: pd.DataFrame,
+    family_theta: Mapping[str, Mapping[str, float]],
+    *,
+    centre: Mapping[str, float] | None = None,
+    sigma: float = 0.005,
+    sigma_run: float = 0.01,
+    seed: int = 0,
+) -> RunTable:
+    """Losses of a sweep (:func:`checkpoint_grid`) from per-family laws, run effects and noise.
+
+    Parameters
+    ----------
+    law
+        A law name from :data:`bayescale.laws.LAWS`.
+    grid
+        The sweep's inputs, with ``family`` (and ``seed``) columns.
+    family_theta
+        Per family, the law's parameters centred at ``centre`` (default: uncentred inputs).
+    centre
+        Log input values at which ``family_theta`` are stated.
+    sigma
+        Standard deviation of checkpoint noise on log loss.
+    sigma_run
+        Standard deviation of each run's offset on log loss (seed-to-seed spread); a run is
+        the rows sharing family, params and seed.
+    seed
+        Seed of the run offsets and the noise.
+
+    Returns
+    -------
+    RunTable
+    """
+    form = get_law(law)
+    rng = np.random.default_rng(seed)
+    centre = centre or {name: 0.0 for name in form.inputs}
+    log_loss = np.empty(len(grid))
+    for family, rows in grid.groupby("family", sort=False).groups.items():
+        part = grid.loc[rows]
+        x = {name: np.log(part[name].to_numpy(dtype=float)) - centre[name] for name in form.inputs}
+        log_loss[grid.index.get_indexer(rows)] = np.asarray(form.log_loss({k: float(v) for k, v in family_theta[family].items()}, x))
+    run = grid.groupby([c for c in ("family", "params", "seed") if c in grid], sort=False).ngroup().to_numpy()
+    log_loss += rng.normal(0.0, sigma_run, run.max() + 1)[run] + rng.normal(0.0, sigma, len(grid))
+    return RunTable(grid.assign(loss=np.exp(log_loss)).reset_index(drop=True), source=f"simulated {law} families")
+
+
+#: The population of :func:`simulate_sweep`: a typical family near Epoch's Chinchilla fit
+#: (Besiroglu et al. 2024) and family spreads in the sampler's coordinates.
+SWEEP_TYPICAL = {"E": 1.8, "A": 450.0, "alpha": 0.34, "B": 2000.0, "beta": 0.32}
+SWEEP_SPREAD = {"log_loss_centre": 0.04, "logit_share_e": 0.25, "logit_share_a_c": 0.25, "log_alpha": 0.08, "log_beta": 0.08}
+
+
+def simulate_sweep(
+    families: int = 12,
+    sizes: int = 6,
+    seeds: int = 3,
+    checkpoints: int = 20,
+    *,
+    smallest: float = 2e7,
+    largest: float = 6e8,
+    tokens_per_param: float = 20.0,
+    sigma: float = 0.005,
+    sigma_run: float = 0.01,
+    seed: int = 0,
+) -> tuple[RunTable, dict]:
+    """A multi-family Chinchilla sweep drawn from a known population (the issue-3 workload).
+
+    Each family's coordinates (:mod:`bayescale.coordinates`, at the centre of the whole
+    sweep) are ``mu + SWEEP_SPREAD * z`` with ``z ~ N(0, 1)``; runs get a normal offset of
+    sd ``sigma_run`` and checkpoints noise of sd ``sigma`` on log loss.
+
+    Returns
+    -------
+    (RunTable, truth)
+        ``truth`` holds ``mu`` and ``tau`` (by coordinate name), ``centre``, the families'
+        coordinates ``u`` and law parameters ``theta`` (centred), ``sigma`` and ``sigma_run``.
+    """
+    from ..coordinates import coordinate_names, from_parameters, to_parameters
+
+    law = get_law("chinchilla")
+    rng = np.random.default_rng(seed)
+    names = [f"family_{i:02d}" for i in range(families)]
+    configs = [(n, tokens_per_param * n) for n in np.geomspace(smallest, largest, sizes)]
+    grid = checkpoint_grid({name: configs for name in names}, seeds=seeds, checkpoints=checkpoints)
+    centre = {name: float(np.mean(np.log(grid[name]))) for name in law.inputs}
+    typical = {
+        "e": np.log(SWEEP_TYPICAL["E"]),
+        "a_c": np.log(SWEEP_TYPICAL["A"]) - SWEEP_TYPICAL["alpha"] * centre["params"],
+        "alpha": SWEEP_TYPICAL["alpha"],
+        "b_c": np.log(SWEEP_TYPICAL["B"]) - SWEEP_TYPICAL["beta"] * centre["tokens"],
+        "beta": SWEEP_TYPICAL["beta"],
+    }
+    mu = {k: float(v) for k, v in from_parameters(law, typical).items()}
+    coords = coordinate_names(law)
+    u = {k: mu[k] + SWEEP_SPREAD[k] * rng.standard_normal(families) for k in coords}
+    theta, _ = to_parameters(law, u)
+    family_theta = {name: {k: float(np.asarray(v)[i]) for k, v in theta.items()} for i, name in enumerate(names)}
+    runs = simulate_family_losses("chinchilla", grid, family_theta, centre=centre, sigma=sigma, sigma_run=sigma_run, seed=seed + 1)
+    truth = {"mu": mu, "tau": dict(SWEEP_SPREAD), "centre": centre, "u": u, "theta": family_theta, "sigma": sigma, "sigma_run": sigma_run}
+    return runs, truth
