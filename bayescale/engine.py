@@ -189,7 +189,7 @@ class Sampler:
         its share as one vectorised program; ``None`` runs everything on the default device.
     start
         For models whose sampling coordinates have no posterior mode (a hierarchical model's
-        centred coordinates: the density grows without bound as a spread goes to zero), an
+        (partly) centred coordinates: the density grows without bound as a spread goes to zero), an
         object with ``args(args)``, the arguments of an equivalent model that has one, and
         ``convert(latent, args)``, which maps that model's unconstrained values to this one's.
         Chains then optimise in the former and start sampling at the converted point.

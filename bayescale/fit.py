@@ -34,7 +34,7 @@ def fit(
     num_chains: int = 4,
     num_warmup: int = 1000,
     num_samples: int = 1000,
-    target_accept: float = 0.8,
+    target_accept: float | None = None,
     chain_method: str = "auto",
     max_tree_depth: int = 10,
     progress: bool = True,
@@ -53,7 +53,8 @@ def fit(
     num_chains, num_warmup, num_samples
         NUTS chains, warm-up iterations and kept draws per chain.
     target_accept
-        NUTS target acceptance probability; raise it (0.9-0.99) if divergences are reported.
+        NUTS target acceptance probability; default: the card's (0.8 unless its ``[sampler]``
+        section says otherwise). Raise it (0.9-0.99) if divergences are reported.
     chain_method
         ``"auto"`` (chains split across devices when there are several, else vectorised on
         one), ``"parallel"`` or ``"vectorized"``; see :mod:`bayescale.engine`.
@@ -76,7 +77,7 @@ def fit(
     if not isinstance(runs, RunTable):
         runs = RunTable(runs)
     spec = ModelSpec.load(model)
-    settings = Settings(num_chains, num_warmup, num_samples, target_accept, max_tree_depth)
+    settings = Settings(num_chains, num_warmup, num_samples, target_accept or spec.target_accept, max_tree_depth)
     if spec.hierarchical:
         check_families(runs, spec)
     else:
@@ -92,8 +93,8 @@ def fit(
         args = (x, log_loss, {k: jnp.asarray(v) for k, v in groups.items()})
         start = NonCentredStart(layout_of(spec))
         sampler = sampler_for(spec.text, lambda: make_hierarchical_model(spec), args, settings, devices=devices_for(chain_method, num_chains), start=start)
-        groups["centred"] = choose_centring(sampler, args)
-        args[2]["centred"] = jnp.asarray(groups["centred"])
+        groups["centring"] = choose_centring(sampler, args)
+        args[2]["centring"] = jnp.asarray(groups["centring"])
         _say_groups(runs, groups, progress)
     else:
         groups, args = None, (x, log_loss)
@@ -123,10 +124,8 @@ def check_identifiable(runs: RunTable, spec: ModelSpec, where: str = "the data")
 
 
 def _say_groups(runs: RunTable, groups: dict, progress: bool) -> None:
-    leaning = [name for name, centred in zip(runs.families, groups["centred"]) if not centred.any()]
     say(
         f"{len(runs.families)} families, {len(groups['run_rows'])} runs"
-        + (f"; families whose data pin none of their coordinates lean on the population: {', '.join(leaning)}" if leaning else "")
         + ("" if groups["run_effect"] else "; every run has one row, so run-to-run spread is not separated from noise"),
         progress,
     )
@@ -152,7 +151,7 @@ def to_inference_data(samples: dict, stats: dict, spec: ModelSpec, runs: RunTabl
     else:
         shape = samples["mu"].shape[:2]
         flat = {k: np.asarray(v).reshape(-1, *np.shape(v)[2:]) for k, v in samples.items()}
-        flat["centred"] = groups["centred"]
+        flat["centring"] = groups["centring"]
         theta = family_parameters(spec, flat, runs.families)
         layout = layout_of(spec)
         typical, _ = to_parameters(spec.law, {name: flat["mu"][:, k] for k, name in enumerate(layout.names)})
@@ -168,8 +167,8 @@ def to_inference_data(samples: dict, stats: dict, spec: ModelSpec, runs: RunTabl
     constant["family_index"] = runs.family_codes()
     coords = {"obs": np.arange(len(data))}
     if groups is not None:
-        constant.update(run_index=groups["run"], centred=groups["centred"], run_effect=groups["run_effect"])
-        dims.update(run_index=["obs"], centred=["family", "varying_coordinate"])
+        constant.update(run_index=groups["run"], centring=groups["centring"], run_effect=groups["run_effect"])
+        dims.update(run_index=["obs"], centring=["family", "varying_coordinate"])
         layout = layout_of(spec)
         coords.update(family=runs.families, coordinate=list(layout.names), pooled_coordinate=layout.pooled_names, varying_coordinate=layout.varying_names)
     attrs = {
@@ -309,7 +308,7 @@ class Fit:
             return self.draws(list(self.spec.sampled_parameters))
         posterior = {name: self.idata.posterior[name].values for name in self.spec.sampled_parameters}
         flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in posterior.items()}
-        flat["centred"] = self.idata.constant_data["centred"].values
+        flat["centring"] = self.idata.constant_data["centring"].values
         if family is None:
             family = self.families[0]
         index = None if family == NEW_FAMILY else self.families.index(family)

@@ -3,10 +3,10 @@
 Model (a card with a ``[pooling]`` section; DESIGN.md section 4)::
 
     mu                ~ the card's priors           (the population's typical family)
-    tau_k             ~ HalfNormal(scale_k)         (spread of pooled coordinate k)
+    tau_k             ~ Gamma(2, 2 / scale_k)       (spread of pooled coordinate k; mean scale_k)
     u[f, k]           ~ Normal(mu_k, tau_k)         pooled
     u[f, k]           = mu_k                        shared
-    u[f, k]           ~ Normal(mu_k, scale_k)       free (fixed spread: no borrowing)
+    u[f, k]           ~ Normal(mu_k, scale_k)       fixed (the card asserts the spread)
     theta_f           = the card's parameters at u[f]   (bayescale.coordinates)
     log L[i]          = law(theta_{family[i]}, x[i]) + r[run[i]] + eps[i]
     r[run]            ~ Normal(0, sigma_run)        (seed-to-seed / run-to-run spread)
@@ -17,12 +17,31 @@ Why these choices (docs/developer/design.md has the measurements):
 * **Pooling happens in the sampler's coordinates** (log total loss at the centre, share
   logits, log exponents), not in ``e, a_c, b_c``: each is unbounded and well scaled, and the
   per-family E-A-alpha ridge that stalls NUTS in the card's coordinates is flat in them.
-* **Centred where the data speak, non-centred where they do not.** A family whose data
-  vary every input that identifies an exponent over at least :data:`RICH_SIZES` values
-  pins its own coordinates, and then the centred form is the well-conditioned one; a
-  family with one or two sizes is mostly prior, where the non-centred form avoids the
-  funnel (Betancourt & Girolami 2015; Gorinova et al. 2020 choose per group the same way).
-  The choice is data (``centred``), so one compiled program serves both.
+* **Centred as far as the data speak.** Where a family's data pin a coordinate more
+  tightly than the population spread, the centred form is the well-conditioned one; where
+  they pin it less, the non-centred form avoids the funnel (Betancourt & Girolami 2015).
+  Each family coordinate is sampled as ``raw ~ N(lambda mu, tau^lambda)``,
+  ``u = mu + tau^(1-lambda) (raw - lambda mu)`` (Gorinova, Moore & Hoffman 2020,
+  "Automatic reparameterisation of probabilistic programs", sec. 3.2: lambda = 1 centred,
+  0 non-centred), with ``lambda = tau^2 / (tau^2 + s^2)``, the choice that decorrelates
+  ``raw`` from the population in a normal model, evaluated before sampling from a Laplace
+  approximation (:func:`choose_centring`; ``s`` is how precisely the family's own data pin
+  the coordinate). Any lambda gives ``u ~ N(mu, tau)`` exactly, so the model is unchanged;
+  lambda is data, so one compiled program serves every data set. (Evaluating lambda at each
+  draw's tau instead, so that it adapts across a wide tau posterior, made the map too
+  curved for the adapted mass matrix: 130 leapfrog steps per draw instead of 30.)
+* **A spread of exactly zero is implausible a priori.** tau's prior is Gamma(2) (density
+  proportional to tau near zero), not half-normal: families that differ in recipe or
+  architecture never share an exponent to the third digit, and with a half-normal prior the
+  posterior of a weakly identified spread (per-family alpha from one decade of sizes) piled
+  up near zero, the neck of a funnel where NUTS diverged (Chung et al. 2013, "A
+  nondegenerate penalized likelihood estimator for variance parameters in multilevel
+  models", argue for gamma(2) on the same grounds). The cost: a family's parameters are
+  pooled a little less when the families truly coincide.
+* **Pool what the data can identify.** A card may assert a coordinate's spread
+  (``mode = "fixed"``) where the data cannot learn it: from one or two decades of sizes each
+  family's alpha is pinned only to ~15%, and a learned spread of alpha ranged from 0.006 to
+  0.16 in one posterior, reaching into the neck again.
 * **The run effect is integrated out in closed form.** Given the law, the rows of one run
   are jointly normal with covariance ``sigma^2 I + sigma_run^2 11'`` (Sherman-Morrison
   gives its inverse and determinant), so no per-run parameter is sampled: hundreds of runs
@@ -44,10 +63,6 @@ from .coordinates import card_log_prior, coordinate_names, to_parameters
 from .data import DataError, RunTable
 from .spec import ModelSpec
 
-#: A family coordinate is sampled centred where the Laplace approximation at the non-centred
-#: mode gives its offset a marginal variance below this (the prior's is 1): the data then pin
-#: it more tightly than the population's spread does.
-CENTRED_VARIANCE = 0.1
 
 
 #: Name under which predictions and summaries refer to a family not in the data.
@@ -61,7 +76,7 @@ class Layout(NamedTuple):
     varying: np.ndarray  # indices of the coordinates that are not shared
     pooled: np.ndarray  # positions, within ``varying``, of the pooled ones
     fixed_spread: np.ndarray  # spread of each varying coordinate (pooled ones overwritten by tau)
-    tau_scale: np.ndarray  # half-normal scale of each pooled coordinate's tau
+    tau_scale: np.ndarray  # prior mean of each pooled coordinate's tau
 
     @property
     def pooled_names(self) -> list[str]:
@@ -84,7 +99,7 @@ def layout_of(spec: ModelSpec) -> Layout:
     return Layout(names, varying, pooled, spread, spread[pooled] if len(pooled) else np.zeros(0))
 
 
-def family_coordinates(layout: Layout, mu, tau, raw, centred):
+def family_coordinates(layout: Layout, mu, tau, raw, centring):
     """Each family's coordinates and the log-density of its sampled values.
 
     Parameters
@@ -94,24 +109,25 @@ def family_coordinates(layout: Layout, mu, tau, raw, centred):
     tau
         Spread of the pooled coordinates, shape ``(len(layout.pooled),)``.
     raw
-        Sampled values, shape ``(F, len(layout.varying))``: the coordinates themselves for a
-        centred family, standard-normal offsets for a non-centred one.
-    centred
-        Booleans, shape ``(F,)``.
+        Sampled values, shape ``(F, len(layout.varying))``: the coordinates themselves where
+        centred, standard-normal offsets where non-centred, in between otherwise.
+    centring
+        ``lambda`` of each family coordinate (:func:`choose_centring`), shape ``(F, len(layout.varying))``.
 
     Returns
     -------
     (u, log_density)
         ``u`` of shape ``(F, K)`` and the log-density of ``raw`` given ``mu`` and ``tau``.
     """
-    families = centred.shape[0]
+    families = centring.shape[0]
     u = jnp.broadcast_to(mu[None, :], (families, mu.shape[0]))
     if len(layout.varying) == 0:
         return u, jnp.zeros(())
     spread = jnp.asarray(layout.fixed_spread).at[layout.pooled].set(tau) if len(layout.pooled) else jnp.asarray(layout.fixed_spread)
     mean, spread = mu[layout.varying][None, :], spread[None, :]
-    values = jnp.where(centred, raw, mean + spread * raw)
-    log_density = jnp.where(centred, dist.Normal(mean, spread).log_prob(raw), dist.Normal(0.0, 1.0).log_prob(raw))
+    lam = centring
+    values = mean + spread ** (1.0 - lam) * (raw - lam * mean)
+    log_density = dist.Normal(lam * mean, spread**lam).log_prob(raw)
     return u.at[:, layout.varying].set(values), log_density.sum()
 
 
@@ -140,8 +156,8 @@ def make_hierarchical_model(spec: ModelSpec):
     -------
     callable
         ``model(x, log_loss, groups, mask=None)``: ``x`` the centred log inputs per row;
-        ``groups`` the arrays of :func:`groups_of` (family and run of each row, which
-        families are centred, whether runs have several rows).
+        ``groups`` the arrays of :func:`groups_of` (family and run of each row, how far
+        each family coordinate is centred, whether runs have several rows).
     """
     law, layout = spec.law, layout_of(spec)
     priors = {name: prior.to_numpyro() for name, prior in spec.priors.items()}
@@ -151,13 +167,12 @@ def make_hierarchical_model(spec: ModelSpec):
         mu = numpyro.sample("mu", flat_mu)
         # The card's priors describe the typical family: exact in these coordinates (coordinates.py).
         numpyro.factor("prior_mu", card_log_prior(law, priors, dict(zip(layout.names, mu)))[1])
-        tau = numpyro.sample("tau", dist.HalfNormal(layout.tau_scale).to_event(1)) if len(layout.pooled) else None
-        centred = groups["centred"]
+        tau = numpyro.sample("tau", dist.Gamma(2.0, 2.0 / layout.tau_scale).to_event(1)) if len(layout.pooled) else None
+        centring = groups["centring"]
         raw = None
         if len(layout.varying):
-            shape = (centred.shape[0], len(layout.varying))
-            raw = numpyro.sample("family_raw", dist.ImproperUniform(dist.constraints.real, (), shape))
-        u, log_density = family_coordinates(layout, mu, tau, raw, centred)
+            raw = numpyro.sample("family_raw", dist.ImproperUniform(dist.constraints.real, (), centring.shape))
+        u, log_density = family_coordinates(layout, mu, tau, raw, centring)
         numpyro.factor("prior_family", log_density)
         theta, _ = to_parameters(law, {name: u[:, k] for k, name in enumerate(layout.names)})
         mean = law.log_loss({name: value[groups["family"]] for name, value in theta.items()}, x)
@@ -189,9 +204,9 @@ def check_families(runs: RunTable, spec: ModelSpec) -> None:
 def groups_of(runs: RunTable, spec: ModelSpec) -> dict[str, np.ndarray]:
     """The arrays a hierarchical model needs besides the inputs and losses.
 
-    ``family`` and ``run``: integer codes per row (:meth:`RunTable.run_ids`); ``centred``: per
-    family and varying coordinate, whether it is sampled centred (all false here; see
-    :func:`choose_centring`); ``run_rows``: rows per run; ``run_effect``: 1.0 if some run has
+    ``family`` and ``run``: integer codes per row (:meth:`RunTable.run_ids`); ``centring``: per
+    family and varying coordinate, lambda (0 here, non-centred, until :func:`choose_centring`
+    measures it); ``run_rows``: rows per run; ``run_effect``: 1.0 if some run has
     several rows, else 0.0.
     """
     family = runs.family_codes()
@@ -200,7 +215,7 @@ def groups_of(runs: RunTable, spec: ModelSpec) -> dict[str, np.ndarray]:
     return {
         "family": family.astype(np.int32),
         "run": run.astype(np.int32),
-        "centred": np.zeros((len(runs.families), len(layout_of(spec).varying)), bool),
+        "centring": np.zeros((len(runs.families), len(layout_of(spec).varying))),
         "run_rows": rows,
         "run_effect": np.asarray(float(rows.max() > 1)),
     }
@@ -209,10 +224,10 @@ def groups_of(runs: RunTable, spec: ModelSpec) -> dict[str, np.ndarray]:
 class NonCentredStart:
     """Where chains of a hierarchical model start (the ``start`` of :class:`bayescale.engine.Sampler`).
 
-    With a coordinate centred in two or more families the joint density has no mode (it
+    With a coordinate (partly) centred in several families the joint density has no mode (it
     grows without bound as tau goes to 0 with those families at mu), so chains optimise
-    with every family non-centred, where a mode exists, and then move to the centred
-    values ``mu + tau * z``.
+    with every family non-centred, where a mode exists, and then move to the partly
+    centred values of the same point.
     """
 
     def __init__(self, layout: Layout):
@@ -221,7 +236,7 @@ class NonCentredStart:
     def args(self, args: tuple) -> tuple:
         """The model's arguments with every family non-centred."""
         x, log_loss, groups, *rest = args
-        return (x, log_loss, {**groups, "centred": jnp.zeros_like(groups["centred"])}, *rest)
+        return (x, log_loss, {**groups, "centring": jnp.zeros_like(groups["centring"])}, *rest)
 
     def convert(self, latent: dict, args: tuple) -> dict:
         """Unconstrained values of the non-centred model -> those of the model with ``args``."""
@@ -231,27 +246,26 @@ class NonCentredStart:
         spread = jnp.asarray(layout.fixed_spread)
         if len(layout.pooled):
             spread = spread.at[layout.pooled].set(jnp.exp(latent["tau"]))  # tau's unconstrained value is log tau
-        raw = latent["family_raw"]
-        centred_values = latent["mu"][layout.varying][None, :] + spread[None, :] * raw
-        return {**latent, "family_raw": jnp.where(args[2]["centred"], centred_values, raw)}
+        mean, spread = latent["mu"][layout.varying][None, :], spread[None, :]
+        lam = args[2]["centring"]
+        # u = mu + tau z (non-centred) = mu + tau^(1 - lambda) (raw - lambda mu)
+        raw = latent["family_raw"] * spread**lam + lam * mean
+        return {**latent, "family_raw": raw}
 
 
 def choose_centring(sampler, args: tuple) -> np.ndarray:
-    """Which family coordinates to sample centred: where the data dominate the prior.
+    """lambda of each family coordinate, shape (F, Kv): the share of its precision due to the data.
 
-    An offset ``z`` has prior variance 1. Where, given the population (mu, tau) and the
-    other families, its posterior variance (Laplace approximation at the non-centred mode,
-    marginal over the family's other coordinates) is below :data:`CENTRED_VARIANCE`, the
-    data pin the coordinate more tightly than the population spread does: the regime where
-    the centred form is the better conditioned one (Betancourt & Girolami 2015). Marginal
-    within the family, because its terms and exponents trade off: a coordinate can be sharply
-    curved with the others held fixed and still loosely pinned. Conditional on the
-    population, because that is the funnel's question: can the family leave mu when tau shrinks?
+    At the non-centred posterior mode an offset ``z`` (prior variance 1) has, given the
+    population (mu, tau) and the other families, a Laplace posterior variance
+    ``v = s^2 / (tau^2 + s^2)``, so ``lambda = tau^2 / (tau^2 + s^2) = 1 - v``. Marginal over
+    the family's other coordinates, because its terms and exponents trade off: a coordinate
+    can be sharply curved with the others held fixed and still loosely pinned.
     """
     _, hessian, positions = sampler.laplace(args)
     blocks = positions["family_raw"]  # (F, Kv) positions in the flat vector
     variance = np.stack([np.diag(_inverse(hessian[np.ix_(rows, rows)])) for rows in blocks])
-    return variance < CENTRED_VARIANCE
+    return np.clip(1.0 - variance, 0.0, 1.0)
 
 
 def _inverse(matrix: np.ndarray) -> np.ndarray:
@@ -266,10 +280,10 @@ def population_draws(spec: ModelSpec, posterior, family: int | None, rng: np.ran
     Parameters
     ----------
     posterior
-        Mapping of ``mu`` (S, K), ``tau`` (S, Kp), ``family_raw`` (S, F, Kv) and ``centred`` (F,).
+        Mapping of ``mu`` (S, K), ``tau`` (S, Kp), ``family_raw`` (S, F, Kv) and ``centring`` (F, Kv).
     family
         Index of a fitted family, or ``None`` for a family not in the data, whose coordinates
-        are drawn from the population (pooled: Normal(mu, tau); free: Normal(mu, scale);
+        are drawn from the population (pooled: Normal(mu, tau); fixed: Normal(mu, scale);
         shared: mu) with ``rng``.
 
     Returns
@@ -278,18 +292,18 @@ def population_draws(spec: ModelSpec, posterior, family: int | None, rng: np.ran
         The law's parameters, each of shape (S,).
     """
     layout = layout_of(spec)
-    mu = np.asarray(posterior["mu"])
-    u = mu.copy()
-    if len(layout.varying):
-        spread = np.broadcast_to(layout.fixed_spread, (mu.shape[0], len(layout.varying))).copy()
-        if len(layout.pooled):
-            spread[:, layout.pooled] = np.asarray(posterior["tau"])
-        mean = mu[:, layout.varying]
-        if family is None:
-            u[:, layout.varying] = mean + spread * rng.standard_normal(mean.shape)
-        else:
-            raw = np.asarray(posterior["family_raw"])[:, family, :]
-            u[:, layout.varying] = np.where(posterior["centred"][family], raw, mean + spread * raw)
+    mu = jnp.asarray(posterior["mu"])
+    tau = jnp.asarray(posterior["tau"]) if len(layout.pooled) else jnp.zeros((mu.shape[0], 0))
+    if len(layout.varying) == 0:
+        u = mu
+    elif family is None:
+        # A new family: its coordinates drawn from the population, i.e. non-centred offsets.
+        offsets = jnp.asarray(rng.standard_normal((mu.shape[0], 1, len(layout.varying))))
+        u = jax.vmap(lambda m, t, z: family_coordinates(layout, m, t, z, jnp.zeros((1, z.shape[1])))[0][0])(mu, tau, offsets)
+    else:
+        centring = jnp.asarray(posterior["centring"])
+        raw = jnp.asarray(posterior["family_raw"])
+        u = jax.vmap(lambda m, t, r: family_coordinates(layout, m, t, r, centring)[0][family])(mu, tau, raw)
     theta, _ = to_parameters(spec.law, {name: jnp.asarray(u[:, k]) for k, name in enumerate(layout.names)})
     return {name: np.asarray(value) for name, value in theta.items()}
 

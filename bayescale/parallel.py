@@ -44,7 +44,7 @@ def fit_many(
     num_chains: int = 4,
     num_warmup: int = 1000,
     num_samples: int = 1000,
-    target_accept: float = 0.8,
+    target_accept: float | None = None,
     max_tree_depth: int = 10,
     batch_size: int = 64,
     executor: Executor | None = None,
@@ -92,7 +92,12 @@ def fit_many(
     if not isinstance(runs, RunTable):
         runs = RunTable(runs)
     spec = ModelSpec.load(model)
-    settings = Settings(num_chains, num_warmup, num_samples, target_accept, max_tree_depth)
+    if spec.hierarchical:
+        raise ValueError(
+            f"card {spec.name!r} pools its groups in one fit, and fit_many fits each group on its own; "
+            "use bayescale.fit(runs, model=...) for a hierarchical card, or a plain card here"
+        )
+    settings = Settings(num_chains, num_warmup, num_samples, target_accept or spec.target_accept, max_tree_depth)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     groups = _split(runs, by, spec)

@@ -20,7 +20,7 @@ from .priors import Prior
 LIKELIHOODS = ("student_t", "normal")
 
 #: How a hierarchical card relates each family's coordinate to the population's.
-POOLING_MODES = ("pooled", "shared", "free")
+POOLING_MODES = ("pooled", "fixed", "shared")
 
 
 @dataclass(frozen=True)
@@ -31,11 +31,13 @@ class Pooling:
     ----------
     mode
         ``"pooled"``: each family's value is drawn from Normal(population mean, tau), with
-        tau learned (partial pooling); ``"shared"``: one value for every family (complete
-        pooling); ``"free"``: Normal(population mean, ``scale``) with the spread fixed, so
-        families borrow nothing beyond the card's prior (no pooling).
+        tau learned (partial pooling; prior Gamma(2, 2 / scale), see :mod:`bayescale.hierarchy`);
+        ``"fixed"``: Normal(population mean, ``scale``) with the spread asserted by the card
+        rather than learned, for coordinates whose spread across families the data cannot
+        identify (a wide ``scale`` leaves the families unpooled); ``"shared"``: one value for
+        every family (complete pooling).
     scale
-        For ``pooled``, the scale of tau's half-normal prior; for ``free``, the fixed spread.
+        For ``pooled``, the prior mean of tau; for ``fixed``, the spread itself.
     why
         The reason, in words.
     """
@@ -91,6 +93,11 @@ class ModelSpec:
         ``sigma`` (and ``nu`` for Student-t).
     likelihood
         ``"student_t"`` or ``"normal"``, on log loss.
+    pooling
+        For hierarchical cards, how each sampler coordinate varies across families.
+    target_accept
+        NUTS target acceptance this card is fitted with unless the user says otherwise
+        (card entry ``[sampler] target_accept``; 0.8 when absent).
     text
         The card's TOML source, stored with every fit so a saved posterior
         names the model that made it.
@@ -103,6 +110,7 @@ class ModelSpec:
     text: str
     description: str = ""
     pooling: Mapping[str, Pooling] | None = None
+    target_accept: float = 0.8
 
     @property
     def hierarchical(self) -> bool:
@@ -159,7 +167,12 @@ class ModelSpec:
         if extra:
             raise ValueError(f"{where}: priors {sorted(extra)} are not parameters of law {law.name!r} ({kind})")
         priors = {name: Prior.from_dict(entries[name], f"{where}, prior {name!r}") for name in sorted(needed)}
-        return cls(card["name"], law, priors, kind, text, card.get("description", ""), pooling)
+        sampler = dict(card.get("sampler", {}))
+        target_accept = sampler.pop("target_accept", 0.8)
+        sampler.pop("why", None)
+        if sampler or not (isinstance(target_accept, float) and 0 < target_accept < 1):
+            raise ValueError(f"{where}: [sampler] takes target_accept (a number between 0 and 1) and why")
+        return cls(card["name"], law, priors, kind, text, card.get("description", ""), pooling, target_accept)
 
     @classmethod
     def load(cls, model: "str | Path | ModelSpec") -> "ModelSpec":

@@ -14,10 +14,15 @@ Workload ``chinchilla`` (the bundled 240 Epoch AI points, Chinchilla law):
 Workload ``many`` (64 simulated tasks x 10 compute-power-law points): ``fit_many`` against
 scipy ``curve_fit`` point fits with 200-resample bootstraps, and against a loop of ``fit()``.
 
+Workload ``hierarchical`` (issue 3: 12 families x 6 sizes x 3 seeds x 20 checkpoints = 4,320
+rows, drawn from a known population by ``bayescale.datasets.simulate.simulate_sweep``): the
+``chinchilla-hierarchical`` card with its defaults, in a fresh process per simulated world;
+convergence, time, and whether the 95% intervals cover the population's truth.
+
 Figures: wall time, min bulk ESS, ESS/s, ESS per 1,000 gradient evaluations (sampling phase),
 R-hat, peak memory. Results: benchmarks/results/<workload>.json and .md.
 
-Usage: python benchmarks/run.py [--workload chinchilla|many|all] [--bootstrap 200] [--seed 0]
+Usage: python benchmarks/run.py [--workload chinchilla|many|hierarchical|all] [--bootstrap 200] [--seed 0] [--worlds 3]
 """
 
 from __future__ import annotations
@@ -315,6 +320,63 @@ def many(args, tasks: int = 64) -> dict:
     return _write("many", result, lines)
 
 
+#: Run in a fresh interpreter: one hierarchical fit of one simulated world.
+HIERARCHICAL_PROCESS = """
+import json, resource, sys, time, warnings
+import numpy as np
+import bayescale as bs
+from bayescale.datasets.simulate import simulate_sweep
+world = int(sys.argv[1])
+runs, truth = simulate_sweep(families=12, sizes=6, seeds=3, checkpoints=20, seed=world)
+started = time.perf_counter()
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    fit = bs.fit(runs, "chinchilla-hierarchical", seed=world, progress=False)
+seconds = time.perf_counter() - started
+posterior = fit.idata.posterior
+covered, total = 0, 0
+checks = [("mu", "coordinate", name, truth["mu"][name]) for name in posterior["coordinate"].values]
+checks += [("tau", "pooled_coordinate", name, truth["tau"][name]) for name in posterior["pooled_coordinate"].values]
+for site, dim, name, value in checks:
+    low, high = np.quantile(posterior[site].sel({dim: name}).values.reshape(-1), [0.025, 0.975])
+    covered += bool(low <= value <= high); total += 1
+table = fit.summary().set_index("parameter")
+d = fit.diagnostics
+print(json.dumps({"world": world, "rows": len(runs), "seconds": seconds, "max_r_hat": d.max_r_hat,
+                  "min_ess_bulk": d.min_ess_bulk, "divergences": d.divergences,
+                  "leapfrog_per_draw": float(fit.idata.sample_stats["n_steps"].mean()),
+                  "population_covered": covered, "population_total": total,
+                  "sigma_run": [float(table.loc["sigma_run", q]) for q in ("q2.5", "q97.5")], "sigma_run_true": truth["sigma_run"],
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def hierarchical(args) -> dict:
+    """The issue-3 workload, one fresh process per simulated world (warm compilation cache after the first)."""
+    worlds = []
+    for world in range(args.worlds):
+        out = subprocess.run([sys.executable, "-c", HIERARCHICAL_PROCESS, str(args.seed + world)], capture_output=True, text=True, check=True)
+        worlds.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(worlds[-1], flush=True)
+    result = {"machine": _machine(), "worlds": worlds}
+    lines = [
+        "12 families x 6 sizes (2e7-6e8 params, 20 tokens/param) x 3 seeds x 20 checkpoints = 4,320 rows; "
+        "card chinchilla-hierarchical with its defaults (4 chains x 1000 + 1000, target_accept from the card); "
+        "one fresh process per world (the first compiles).",
+        "",
+        "| world | wall (s) | max R-hat | min bulk ESS | divergences | leapfrog steps / draw | population 95% coverage | sigma_run 95% (truth) | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for w in worlds:
+        lines.append(
+            f"| {w['world']} | {w['seconds']:.0f} | {w['max_r_hat']:.3f} | {w['min_ess_bulk']:.0f} | {w['divergences']} | "
+            f"{w['leapfrog_per_draw']:.0f} | {w['population_covered']}/{w['population_total']} | "
+            f"{w['sigma_run'][0]:.4f}-{w['sigma_run'][1]:.4f} ({w['sigma_run_true']}) | {w['peak_mb']:.0f} |"
+        )
+    lines += ["", f"Machine: {result['machine']}."]
+    return _write("hierarchical", result, lines)
+
+
 def _interval(pair):
     return f"{pair[0]:.3f}-{pair[1]:.3f}"
 
@@ -335,7 +397,8 @@ def _write(name, result, lines):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=("chinchilla", "many", "all"), default="all")
+    parser.add_argument("--workload", choices=("chinchilla", "many", "hierarchical", "all"), default="all")
+    parser.add_argument("--worlds", type=int, default=3, help="simulated worlds of the hierarchical workload")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default 200)")
     parser.add_argument("--seed", type=int, default=0)
     arguments = parser.parse_args()
@@ -343,3 +406,5 @@ if __name__ == "__main__":
         chinchilla(arguments)
     if arguments.workload in ("many", "all"):
         many(arguments)
+    if arguments.workload in ("hierarchical", "all"):
+        hierarchical(arguments)

@@ -79,7 +79,7 @@ def test_groups_mark_runs_and_families():
     assert groups["run_rows"].sum() == len(runs) and len(groups["run_rows"]) == (4 + 2) * 2
     assert set(groups["run_rows"]) == {3.0}
     assert groups["run_effect"] == 1.0
-    assert groups["centred"].shape == (2, len(layout_of(ModelSpec.load("chinchilla-hierarchical")).varying))
+    assert groups["centring"].shape == (2, len(layout_of(ModelSpec.load("chinchilla-hierarchical")).varying))
 
 
 def test_a_family_with_one_observation_is_refused():
@@ -98,6 +98,8 @@ def test_a_family_with_one_observation_is_refused():
         (("[pooling.log_beta]", "[pooling.beta]"), "missing \\['log_beta'\\]; unknown \\['beta'\\]"),
         (('kind = "normal"', 'kind = "student_t"'), "needs likelihood.kind"),
         (("[likelihood.sigma_run]", "[likelihood.sigma_seed]"), "needs priors for \\['sigma_run'\\]"),
+        (("target_accept = 0.95", "target_accept = 1.5"), "\\[sampler\\] takes target_accept"),
+        (('[pooling.log_alpha]\nmode = "fixed"\nscale = 0.1', '[pooling.log_alpha]\nmode = "shared"\nscale = 0.1'), "a shared coordinate has no spread"),
     ],
 )
 def test_bad_pooling_sections_name_the_fix(edit, message):
@@ -118,7 +120,7 @@ def small_pooled_fit():
 def test_pooled_fit_reports_population_families_and_spreads(small_pooled_fit, tmp_path):
     summary = small_pooled_fit.summary()
     names = set(summary["parameter"])
-    assert {"alpha[population]", "alpha[a]", "alpha[b]", "tau[log_alpha]", "sigma", "sigma_run"} <= names
+    assert {"alpha[population]", "alpha[a]", "alpha[b]", "tau[log_beta]", "sigma", "sigma_run"} <= names
     assert small_pooled_fit.idata.posterior["alpha"].dims == ("chain", "draw", "family")
     again = __import__("bayescale").load(small_pooled_fit.save(tmp_path / "pooled.nc"))
     np.testing.assert_allclose(again.summary()["mean"], summary["mean"])
@@ -143,3 +145,8 @@ def test_posterior_predictive_replicates_the_observed_runs(small_pooled_fit):
     # Replicates of the observed runs (run effects drawn given the data): nearly all points
     # fall inside their 95% band; 80% leaves room for a short, unconverged run.
     assert inside.mean() > 0.8
+
+
+def test_fit_many_refuses_a_hierarchical_card():
+    with pytest.raises(ValueError, match="use bayescale.fit"):
+        __import__("bayescale").fit_many(_two_families(), by="family", model="chinchilla-hierarchical", progress=False)
