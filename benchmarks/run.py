@@ -19,10 +19,15 @@ rows, drawn from a known population by ``bayescale.datasets.simulate.simulate_sw
 ``chinchilla-hierarchical`` card with its defaults, in a fresh process per simulated world;
 convergence, time, and whether the 95% intervals cover the population's truth.
 
+Workload ``borrowing`` (issue 3): in simulated 6-family sweeps one family keeps only its two
+smallest sizes; its expected loss at the held-out sizes 10-100x its largest kept compute is
+predicted by the pooled card (all families) and by the plain card fitted to that family alone:
+median relative error and 95% interval coverage of the truth.
+
 Figures: wall time, min bulk ESS, ESS/s, ESS per 1,000 gradient evaluations (sampling phase),
 R-hat, peak memory. Results: benchmarks/results/<workload>.json and .md.
 
-Usage: python benchmarks/run.py [--workload chinchilla|many|hierarchical|all] [--bootstrap 200] [--seed 0] [--worlds 3]
+Usage: python benchmarks/run.py [--workload chinchilla|many|hierarchical|borrowing|all] [--bootstrap 200] [--seed 0] [--worlds 3]
 """
 
 from __future__ import annotations
@@ -377,6 +382,71 @@ def hierarchical(args) -> dict:
     return _write("hierarchical", result, lines)
 
 
+def borrowing(args) -> dict:
+    """A family with two sizes, predicted pooled and alone (module docstring)."""
+    from bayescale.datasets.simulate import simulate_sweep
+    from bayescale.laws import get_law
+
+    law = get_law("chinchilla")
+    rows = []
+    for world in range(args.seed, args.seed + args.worlds):
+        runs, truth = simulate_sweep(families=6, sizes=6, seeds=3, checkpoints=10, seed=world)
+        data = runs.data
+        target = "family_00"
+        sizes = np.sort(data.loc[data["family"] == target, "params"].unique())
+        kept = data[(data["family"] != target) | (data["params"] <= sizes[1])]
+        final = data[(data["family"] == target) & data["is_final"]]
+        largest_kept = final.loc[final["params"] == sizes[1], "flops"].max()
+        held = final[(final["flops"] >= 10 * largest_kept) & (final["flops"] <= 100 * largest_kept)].drop_duplicates("params")
+        x = {k: np.log(held[k].to_numpy()) - truth["centre"][k] for k in law.inputs}
+        expected = np.exp(np.asarray(law.log_loss(truth["theta"][target], x)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            started = time.perf_counter()
+            pooled = bs.fit(kept, "chinchilla-hierarchical", seed=world, progress=False)
+            pooled_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            alone = bs.fit(kept[kept["family"] == target].drop(columns="family"), "chinchilla", seed=world, progress=False)
+            alone_seconds = time.perf_counter() - started
+        for name, fitted, seconds, family in (("pooled", pooled, pooled_seconds, target), ("alone", alone, alone_seconds, None)):
+            frame = fitted.predict(params=held["params"].to_numpy(), tokens=held["tokens"].to_numpy(), family=family)
+            for j, truth_loss in enumerate(expected):
+                rows.append({
+                    "world": world, "method": name, "compute_ratio": float(held["flops"].iloc[j] / largest_kept),
+                    "truth": float(truth_loss), "q50": float(frame["q50"].iloc[j]),
+                    "covered_95": bool(frame["q2.5"].iloc[j] <= truth_loss <= frame["q97.5"].iloc[j]),
+                    "width_95": float(frame["q97.5"].iloc[j] - frame["q2.5"].iloc[j]),
+                    "fit_seconds": seconds, "r_hat": fitted.diagnostics.max_r_hat, "divergences": fitted.diagnostics.divergences,
+                })
+        print(rows[-1], flush=True)
+    table = []
+    for name in ("pooled", "alone"):
+        part = [r for r in rows if r["method"] == name]
+        errors = [abs(r["q50"] / r["truth"] - 1) for r in part]
+        table.append({
+            "method": name, "points": len(part), "median_abs_rel_error": float(np.median(errors)),
+            "max_abs_rel_error": float(np.max(errors)), "coverage_95": sum(r["covered_95"] for r in part) / len(part),
+            "mean_width_95": float(np.mean([r["width_95"] for r in part])),
+            "max_r_hat": float(max(r["r_hat"] for r in part)),
+            "divergences": int(sum({r["world"]: r["divergences"] for r in part}.values())),
+        })
+    result = {"machine": _machine(), "rows": rows, "summary": table}
+    lines = [
+        f"6 families x 6 sizes x 3 seeds x 10 checkpoints, {args.worlds} worlds; family_00 keeps its two smallest sizes; "
+        "its expected loss at the held-out sizes 10-100x its largest kept compute (final checkpoints) is the target.",
+        "",
+        "| method | targets | median abs. rel. error | max abs. rel. error | 95% coverage | mean 95% width (nats) | max R-hat | divergences |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        lines.append(
+            f"| {r['method']} | {r['points']} | {100 * r['median_abs_rel_error']:.2f}% | {100 * r['max_abs_rel_error']:.2f}% | "
+            f"{r['coverage_95']:.2f} | {r['mean_width_95']:.3f} | {r['max_r_hat']:.3f} | {r['divergences']} |"
+        )
+    lines += ["", "pooled: chinchilla-hierarchical on all families; alone: the chinchilla card on family_00's rows only.", f"Machine: {result['machine']}."]
+    return _write("borrowing", result, lines)
+
+
 def _interval(pair):
     return f"{pair[0]:.3f}-{pair[1]:.3f}"
 
@@ -397,7 +467,7 @@ def _write(name, result, lines):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=("chinchilla", "many", "hierarchical", "all"), default="all")
+    parser.add_argument("--workload", choices=("chinchilla", "many", "hierarchical", "borrowing", "all"), default="all")
     parser.add_argument("--worlds", type=int, default=3, help="simulated worlds of the hierarchical workload")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default 200)")
     parser.add_argument("--seed", type=int, default=0)
@@ -408,3 +478,5 @@ if __name__ == "__main__":
         many(arguments)
     if arguments.workload in ("hierarchical", "all"):
         hierarchical(arguments)
+    if arguments.workload in ("borrowing", "all"):
+        borrowing(arguments)
