@@ -17,7 +17,7 @@ from .data import DataError, RunTable
 from .diagnostics import Diagnostics, diagnose
 from .coordinates import to_parameters
 from .engine import Settings, devices_for, enable_compilation_cache, sampler_for, say
-from .hierarchy import NEW_FAMILY, NonCentredStart, check_families, choose_centring, family_parameters, groups_of, layout_of, make_hierarchical_model, population_draws, simulate_rows
+from .hierarchy import NonCentredStart, check_families, choose_centring, family_parameters, groups_of, layout_of, make_hierarchical_model, population_draws, simulate_rows
 from .model import centre_of, centred_inputs, make_model
 from .predict import check_family, optimal_allocation, predict_loss, simulate_log_loss
 from .spec import ModelSpec
@@ -311,7 +311,7 @@ class Fit:
         flat["centring"] = self.idata.constant_data["centring"].values
         if family is None:
             family = self.families[0]
-        index = None if family == NEW_FAMILY else self.families.index(family)
+        index = self.families.index(family) if family in self.families else None  # else a new family
         theta = population_draws(self.spec, flat, index, np.random.default_rng([seed, 1]))
         run_effect = float(np.ravel(self.idata.constant_data["run_effect"].values)[0])
         theta["sigma"] = np.sqrt(flat["sigma"] ** 2 + run_effect * flat["sigma_run"] ** 2)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from .hierarchy import NEW_FAMILY
 from .laws import get_law
 from .model import centred_inputs
 from .spec import ModelSpec
@@ -128,7 +129,7 @@ def check_family(fit, family: str | None) -> None:
                 "or family='new' for a family not in the data"
             )
         return
-    if family in fit.families or (hierarchical and family == "new"):
+    if family in fit.families or (hierarchical and family == NEW_FAMILY):
         return
     if hierarchical:
         raise ValueError(f"family {family!r} is not in the fitted data ({', '.join(fit.families)}); use family='new' for an unseen family")
