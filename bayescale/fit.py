@@ -240,7 +240,7 @@ class Fit:
     def observed(self) -> pd.DataFrame:
         """The fitted observations as a DataFrame (``params``/``tokens``/``flops``, ``family``, ``loss``)."""
         constant = self.idata.constant_data
-        frame = pd.DataFrame({name: constant[name].values for name in constant.data_vars if name != "family_index"})
+        frame = pd.DataFrame({name: constant[name].values for name in ("params", "tokens", "flops") if name in constant})
         frame["family"] = np.asarray(self.families)[constant["family_index"].values]
         frame["loss"] = self.idata.observed_data["loss"].values
         return frame

@@ -121,6 +121,81 @@ def plot_optimal_allocation(fit, flops=None, ax=None):
     return fig
 
 
+def plot_families(fit, flops=None, ax=None, *, new_family: bool = True):
+    """A pooled fit's families on one figure: each family's data and posterior band.
+
+    For each family, its observed losses against compute and the 95% posterior interval of
+    the expected loss along its compute-optimal frontier (for the compute power law, the law
+    itself), in the family's colour; with ``new_family``, the band of a family not in the data
+    (dashed), drawn from the population: what pooling predicts before a family's first run.
+
+    Parameters
+    ----------
+    fit
+        A fit of a hierarchical card.
+    flops
+        Budgets at which to draw the bands (default as :func:`plot_loss_frontier`).
+    ax
+        Axes to draw on; new ones if omitted.
+    new_family
+        Also draw the band of an unseen family.
+    """
+    if not fit.spec.hierarchical:
+        raise ValueError(f"card {fit.spec.name!r} has no families to pool; use plot_loss_frontier")
+    fig, ax = _axes(ax)
+    budgets = _frontier_budgets(fit, flops)
+    observed = fit.observed()
+    names = [*fit.families, *(["new"] if new_family else [])]
+    for k, family in enumerate(names):
+        if fit.spec.law.optimal_fn is None:
+            table = fit.predict(flops=budgets, family=family)
+        else:
+            table = fit.optimal(budgets, family=family)
+            table = table[table["quantity"] == "loss"]
+        colour = "0.4" if family == "new" else f"C{k % 10}"
+        if family == "new":
+            ax.plot(table["flops"], table["q2.5"], color=colour, ls="--", lw=1, label="a new family, 95%")
+            ax.plot(table["flops"], table["q97.5"], color=colour, ls="--", lw=1)
+            continue
+        ax.fill_between(table["flops"], table["q2.5"], table["q97.5"], color=colour, alpha=0.25, lw=0)
+        ax.plot(table["flops"], table["q50"], color=colour, lw=1.2, label=family)
+        rows = observed[observed["family"] == family]
+        ax.scatter(rows["flops"], rows["loss"], s=6, color=colour, alpha=0.6, zorder=3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_flops(v, unit="")))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.set_xlabel("training compute (FLOP)")
+    ax.set_ylabel("loss (nats)")
+    ax.set_title("families: data and posterior (bands: 95%, compute-optimal runs)")
+    ax.legend(frameon=False, fontsize="small", ncol=2)
+    return fig
+
+
+def plot_noise(fit, ax=None):
+    """Posterior of a pooled fit's run-to-run (seed) spread and checkpoint noise, in percent of loss.
+
+    Parameters
+    ----------
+    fit
+        A fit of a hierarchical card.
+    ax
+        Axes to draw on; new ones if omitted.
+    """
+    if not fit.spec.hierarchical:
+        raise ValueError(f"card {fit.spec.name!r} has no run effect; its noise is the summary's sigma")
+    fig, ax = _axes(ax)
+    draws = fit.draws(["sigma_run", "sigma"])
+    for colour, name, label in (("C3", "sigma_run", "run-to-run (seed) spread"), ("C0", "sigma", "checkpoint noise")):
+        ax.hist(100 * draws[name], bins=60, color=colour, alpha=0.6, density=True, label=label)
+    ax.set_xlabel("standard deviation of log loss (%)")
+    ax.set_ylabel("posterior density")
+    ax.set_title("seed-to-seed spread and checkpoint noise")
+    ax.legend(frameon=False, fontsize="small")
+    return fig
+
+
 def plot_fit(fit, flops=None):
     """One figure with :func:`plot_loss_frontier` and, where the law allows, :func:`plot_optimal_allocation`."""
     panels = 2 if fit.spec.law.optimal_fn is not None else 1

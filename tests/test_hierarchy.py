@@ -150,3 +150,13 @@ def test_posterior_predictive_replicates_the_observed_runs(small_pooled_fit):
 def test_fit_many_refuses_a_hierarchical_card():
     with pytest.raises(ValueError, match="use bayescale.fit"):
         __import__("bayescale").fit_many(_two_families(), by="family", model="chinchilla-hierarchical", progress=False)
+
+
+def test_family_and_noise_plots(small_pooled_fit):
+    from bayescale.plots import plot_families, plot_noise
+
+    ax = plot_families(small_pooled_fit).axes[0]
+    # One band per fitted family (filled) and the dashed bounds of a new family.
+    assert len(ax.collections) == 2 * len(small_pooled_fit.families)  # band + data points each
+    assert {line.get_label() for line in ax.lines} >= {"a", "b", "a new family, 95%"}
+    assert len(plot_noise(small_pooled_fit).axes[0].patches) == 120
