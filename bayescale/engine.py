@@ -273,12 +273,14 @@ class Sampler:
         self._advance = jax.jit(advance_chains)
         self._constrain = jax.jit(constrain_draws)
 
-        @jax.jit
-        def laplace(args):
-            z, hessian = find_mode(partial(potential, args=start.args(args)), jnp.zeros(self.dim))
-            return unravel(z), hessian
+        if start is not None:
 
-        self._laplace = laplace
+            @jax.jit
+            def laplace(args):
+                z, hessian = find_mode(partial(potential, args=start.args(args)), jnp.zeros(self.dim))
+                return unravel(z), hessian
+
+            self._laplace = laplace
         self._positions = jax.tree_util.tree_map(np.asarray, unravel(jnp.arange(self.dim)))
 
     def laplace(self, args: tuple) -> tuple[dict, np.ndarray, dict]:

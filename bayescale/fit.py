@@ -123,6 +123,13 @@ def check_identifiable(runs: RunTable, spec: ModelSpec, where: str = "the data")
         )
 
 
+def _flatten_chains(samples: dict, centring: np.ndarray) -> dict:
+    """Draws of shape ``(chain, draw, ...)`` -> ``(chain * draw, ...)``, with the fit's centring
+    (the form :func:`bayescale.hierarchy.family_parameters` reads)."""
+    flat = {k: np.asarray(v).reshape(-1, *np.shape(v)[2:]) for k, v in samples.items()}
+    return {**flat, "centring": centring}
+
+
 def _say_groups(runs: RunTable, groups: dict, progress: bool) -> None:
     say(
         f"{len(runs.families)} families, {len(groups['run_rows'])} runs"
@@ -150,9 +157,8 @@ def to_inference_data(samples: dict, stats: dict, spec: ModelSpec, runs: RunTabl
         predicted = simulate_log_loss(spec, posterior, x, noise=True, rng=rng)
     else:
         shape = samples["mu"].shape[:2]
-        flat = {k: np.asarray(v).reshape(-1, *np.shape(v)[2:]) for k, v in samples.items()}
-        flat["centring"] = groups["centring"]
-        theta = family_parameters(spec, flat, runs.families)
+        flat = _flatten_chains(samples, groups["centring"])
+        theta = family_parameters(spec, flat)
         layout = layout_of(spec)
         typical, _ = to_parameters(spec.law, {name: flat["mu"][:, k] for k, name in enumerate(layout.names)})
         per_family = {**theta, **spec.law.natural(theta, centre)}
@@ -161,15 +167,14 @@ def to_inference_data(samples: dict, stats: dict, spec: ModelSpec, runs: RunTabl
         posterior.update({k: np.asarray(v).reshape(*shape, -1) for k, v in per_family.items()})
         posterior.update({f"{k}_population": np.asarray(v).reshape(shape) for k, v in population.items()})
         predicted = simulate_rows(spec, theta, {k: flat[k] for k in ("sigma", "sigma_run")}, groups, x, log_loss, rng).reshape(*shape, -1)
-        dims = {name: ["family"] for name in per_family}
-        dims.update(mu=["coordinate"], tau=["pooled_coordinate"], family_raw=["family", "varying_coordinate"])
     constant = {name: data[name].to_numpy(dtype=float) for name in ("params", "tokens", "flops") if name in data}
     constant["family_index"] = runs.family_codes()
     coords = {"obs": np.arange(len(data))}
     if groups is not None:
+        dims = {name: ["family"] for name in per_family}
+        dims.update(mu=["coordinate"], tau=["pooled_coordinate"], family_raw=["family", "varying_coordinate"])
         constant.update(run_index=groups["run"], centring=groups["centring"], run_effect=groups["run_effect"])
         dims.update(run_index=["obs"], centring=["family", "varying_coordinate"])
-        layout = layout_of(spec)
         coords.update(family=runs.families, coordinate=list(layout.names), pooled_coordinate=layout.pooled_names, varying_coordinate=layout.varying_names)
     attrs = {
         "model_card": spec.text,
@@ -307,8 +312,7 @@ class Fit:
         if not self.spec.hierarchical:
             return self.draws(list(self.spec.sampled_parameters))
         posterior = {name: self.idata.posterior[name].values for name in self.spec.sampled_parameters}
-        flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in posterior.items()}
-        flat["centring"] = self.idata.constant_data["centring"].values
+        flat = _flatten_chains(posterior, self.idata.constant_data["centring"].values)
         if family is None:
             family = self.families[0]
         index = self.families.index(family) if family in self.families else None  # else a new family

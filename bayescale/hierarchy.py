@@ -99,6 +99,12 @@ def layout_of(spec: ModelSpec) -> Layout:
     return Layout(names, varying, pooled, spread, spread[pooled] if len(pooled) else np.zeros(0))
 
 
+def spreads(layout: Layout, tau):
+    """The spread of each varying coordinate: tau where pooled, the card's scale where fixed."""
+    spread = jnp.asarray(layout.fixed_spread)
+    return spread.at[layout.pooled].set(tau) if len(layout.pooled) else spread
+
+
 def family_coordinates(layout: Layout, mu, tau, raw, centring):
     """Each family's coordinates and the log-density of its sampled values.
 
@@ -123,9 +129,7 @@ def family_coordinates(layout: Layout, mu, tau, raw, centring):
     u = jnp.broadcast_to(mu[None, :], (families, mu.shape[0]))
     if len(layout.varying) == 0:
         return u, jnp.zeros(())
-    spread = jnp.asarray(layout.fixed_spread).at[layout.pooled].set(tau) if len(layout.pooled) else jnp.asarray(layout.fixed_spread)
-    mean, spread = mu[layout.varying][None, :], spread[None, :]
-    lam = centring
+    mean, spread, lam = mu[layout.varying][None, :], spreads(layout, tau)[None, :], centring
     values = mean + spread ** (1.0 - lam) * (raw - lam * mean)
     log_density = dist.Normal(lam * mean, spread**lam).log_prob(raw)
     return u.at[:, layout.varying].set(values), log_density.sum()
@@ -243,10 +247,8 @@ class NonCentredStart:
         layout = self.layout
         if len(layout.varying) == 0:
             return latent
-        spread = jnp.asarray(layout.fixed_spread)
-        if len(layout.pooled):
-            spread = spread.at[layout.pooled].set(jnp.exp(latent["tau"]))  # tau's unconstrained value is log tau
-        mean, spread = latent["mu"][layout.varying][None, :], spread[None, :]
+        tau = jnp.exp(latent["tau"]) if len(layout.pooled) else None  # tau's unconstrained value is log tau
+        mean, spread = latent["mu"][layout.varying][None, :], spreads(layout, tau)[None, :]
         lam = args[2]["centring"]
         # u = mu + tau z (non-centred) = mu + tau^(1 - lambda) (raw - lambda mu)
         raw = latent["family_raw"] * spread**lam + lam * mean
@@ -275,7 +277,7 @@ def _inverse(matrix: np.ndarray) -> np.ndarray:
 
 
 def population_draws(spec: ModelSpec, posterior, family: int | None, rng: np.random.Generator | None = None) -> dict:
-    """Coordinates -> the law's parameters for one family, or for a new one.
+    """Coordinates -> the law's parameters for one fitted family, or for a new one.
 
     Parameters
     ----------
@@ -291,27 +293,27 @@ def population_draws(spec: ModelSpec, posterior, family: int | None, rng: np.ran
     dict
         The law's parameters, each of shape (S,).
     """
+    if family is not None:
+        return {name: value[:, family] for name, value in family_parameters(spec, posterior).items()}
+    layout = layout_of(spec)
+    # A new family: its coordinates drawn from the population, i.e. non-centred offsets.
+    offsets = rng.standard_normal((np.shape(posterior["mu"])[0], 1, len(layout.varying)))
+    new = {**posterior, "family_raw": offsets, "centring": np.zeros((1, len(layout.varying)))}
+    return {name: value[:, 0] for name, value in family_parameters(spec, new).items()}
+
+
+def family_parameters(spec: ModelSpec, posterior) -> dict[str, np.ndarray]:
+    """Every family's law parameters, each of shape ``(S, F)``, from draws as in :func:`population_draws`."""
     layout = layout_of(spec)
     mu = jnp.asarray(posterior["mu"])
-    tau = jnp.asarray(posterior["tau"]) if len(layout.pooled) else jnp.zeros((mu.shape[0], 0))
     if len(layout.varying) == 0:
-        u = mu
-    elif family is None:
-        # A new family: its coordinates drawn from the population, i.e. non-centred offsets.
-        offsets = jnp.asarray(rng.standard_normal((mu.shape[0], 1, len(layout.varying))))
-        u = jax.vmap(lambda m, t, z: family_coordinates(layout, m, t, z, jnp.zeros((1, z.shape[1])))[0][0])(mu, tau, offsets)
+        u = jnp.broadcast_to(mu[:, None, :], (mu.shape[0], np.shape(posterior["centring"])[0], mu.shape[1]))
     else:
+        tau = jnp.asarray(posterior["tau"]) if len(layout.pooled) else jnp.zeros((mu.shape[0], 0))
         centring = jnp.asarray(posterior["centring"])
-        raw = jnp.asarray(posterior["family_raw"])
-        u = jax.vmap(lambda m, t, r: family_coordinates(layout, m, t, r, centring)[0][family])(mu, tau, raw)
-    theta, _ = to_parameters(spec.law, {name: jnp.asarray(u[:, k]) for k, name in enumerate(layout.names)})
+        u = jax.vmap(lambda m, t, r: family_coordinates(layout, m, t, r, centring)[0])(mu, tau, jnp.asarray(posterior["family_raw"]))
+    theta, _ = to_parameters(spec.law, {name: u[..., k] for k, name in enumerate(layout.names)})
     return {name: np.asarray(value) for name, value in theta.items()}
-
-
-def family_parameters(spec: ModelSpec, posterior, families: list[str]) -> dict[str, np.ndarray]:
-    """Every fitted family's law parameters, each of shape ``(S, F)``."""
-    per_family = [population_draws(spec, posterior, f) for f in range(len(families))]
-    return {name: np.stack([draws[name] for draws in per_family], axis=-1) for name in spec.law.parameters}
 
 
 @jax.jit

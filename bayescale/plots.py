@@ -38,6 +38,17 @@ def _axes(ax):
     return ax.figure, ax
 
 
+def _loss_against_compute(ax):
+    """Log-log axes of loss (nats) against training compute (FLOP), with readable labels."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_flops(v, unit="")))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.set_xlabel("training compute (FLOP)")
+    ax.set_ylabel("loss (nats)")
+
+
 def _frontier_budgets(fit, flops):
     if flops is not None:
         return np.asarray(flops, dtype=float)
@@ -76,13 +87,7 @@ def plot_loss_frontier(fit, flops=None, ax=None):
     ax.plot(table["flops"], table["q50"], color="C0", lw=1.5)
     observed = fit.observed()
     ax.scatter(observed["flops"], observed["loss"], s=10, color="k", alpha=0.7, label="observed runs", zorder=3)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_flops(v, unit="")))
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-    ax.set_xlabel("training compute (FLOP)")
-    ax.set_ylabel("loss (nats)")
+    _loss_against_compute(ax)
     ax.set_title(f"{fit.spec.name}: data and posterior")
     ax.legend(frameon=False, fontsize="small")
     return fig
@@ -161,13 +166,7 @@ def plot_families(fit, flops=None, ax=None, *, new_family: bool = True):
         ax.plot(table["flops"], table["q50"], color=colour, lw=1.2, label=family)
         rows = observed[observed["family"] == family]
         ax.scatter(rows["flops"], rows["loss"], s=6, color=colour, alpha=0.6, zorder=3)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_flops(v, unit="")))
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-    ax.set_xlabel("training compute (FLOP)")
-    ax.set_ylabel("loss (nats)")
+    _loss_against_compute(ax)
     ax.set_title("families: data and posterior (bands: 95%, compute-optimal runs)")
     ax.legend(frameon=False, fontsize="small", ncol=2)
     return fig
