@@ -35,7 +35,8 @@ __version__ = "0.1.0"
 from . import datasets  # noqa: E402
 from .backtest import Backtest, backtest  # noqa: E402
 from .data import DataError, RunTable  # noqa: E402
-from .diagnostics import Diagnostics, SamplerWarning  # noqa: E402
+from .design import Design, suggest_runs  # noqa: E402
+from .diagnostics import Diagnostics, ModelWarning, SamplerWarning  # noqa: E402
 from .fit import Fit, fit, load  # noqa: E402
 from .parallel import fit_many  # noqa: E402
 from .spec import ModelSpec, available_cards  # noqa: E402
@@ -43,9 +44,11 @@ from .spec import ModelSpec, available_cards  # noqa: E402
 __all__ = [
     "Backtest",
     "DataError",
+    "Design",
     "Diagnostics",
     "Fit",
     "ModelSpec",
+    "ModelWarning",
     "RunTable",
     "SamplerWarning",
     "__version__",
@@ -55,4 +58,5 @@ __all__ = [
     "fit",
     "fit_many",
     "load",
+    "suggest_runs",
 ]

@@ -1,10 +1,17 @@
-"""Backtests: fit below a compute cutoff, predict the runs above it, score the predictions.
+"""Backtests: fit on the runs a team had earlier, predict the runs it trained later, score.
 
 "Would this have been right?" is the question to ask of any extrapolation before trusting
-it. A backtest refits the card on the observations a team had at some earlier point (those
-below ``cutoff_flops``), predicts every held-out observation with the posterior predictive
-distribution of a *new observation* (law plus observation noise), and reports, per held-out
-row and summarised overall and per family:
+it. A backtest refits the card on part of the data and predicts every held-out observation
+with the posterior predictive distribution of a *new observation* (law plus observation
+noise). Two ways of choosing the part:
+
+* **compute cutoff** (``cutoff_flops``): fit everything below it, predict the rest;
+* **leave one family out** (``family`` and ``keep_sizes``): keep only that family's
+  ``keep_sizes`` smallest model sizes, and every other family whole; predict the family's
+  larger sizes. With a hierarchical card this measures how much the family borrows from
+  the others; with a single-family card on that family's rows alone, what it knows alone.
+
+It reports, per held-out row and summarised overall and per family:
 
 * the absolute relative error of the predictive median;
 * whether the 50%, 90% and 95% central intervals cover the observed loss (calibration:
@@ -12,6 +19,9 @@ row and summarised overall and per family:
 * the continuous ranked probability score (CRPS, Gneiting & Raftery 2007, eq. 21), estimated
   from the predictive draws as ``E|X - y| - E|X - X'| / 2``: lower is better, in nats;
 * the 95% interval's width relative to the median.
+
+Each row also carries ``params_ratio`` and ``flops_ratio``: its size and compute over the
+largest fitted size and compute of its family, i.e. how far it extrapolates.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import pandas as pd
 
 from .data import DataError, RunTable
 from .fit import Fit, fit
+from .hierarchy import NEW_FAMILY
 from .spec import ModelSpec
 
 #: Central intervals scored, as (label, lower quantile column, upper quantile column).
@@ -41,14 +52,14 @@ class Backtest:
         predictive quantiles, ``abs_rel_error``, ``covered_50/90/95``, ``crps`` and
         ``rel_width_95``.
     fit
-        The fit made on the observations below the cutoff.
-    cutoff_flops
-        The compute cutoff (observations with ``flops < cutoff_flops`` were fitted).
+        The fit made on the kept observations.
+    held_out
+        Which observations were held out, in words (the cutoff, or the family and its kept sizes).
     """
 
     rows: pd.DataFrame
     fit: Fit
-    cutoff_flops: float
+    held_out: str
 
     def summary(self) -> pd.DataFrame:
         """Scores overall (``family == "all"``) and per family.
@@ -71,6 +82,40 @@ def _score(name: str, rows: pd.DataFrame) -> dict:
     return scores
 
 
+def _kept_rows(data: pd.DataFrame, cutoff_flops: float | None, family: str | None, keep_sizes: int) -> tuple[np.ndarray, str]:
+    """Which rows are fitted, and a description of what is held out."""
+    if (cutoff_flops is None) == (family is None):
+        raise DataError("give either cutoff_flops (hold out everything above a compute) or family (hold out a family's larger sizes), not both or neither")
+    if cutoff_flops is not None:
+        kept = data["flops"].to_numpy() < cutoff_flops
+        low, high = data["flops"].min(), data["flops"].max()
+        if not kept.any():
+            raise DataError(
+                f"no observation has flops below the cutoff {cutoff_flops:.3g} (the data span {low:.3g} to "
+                f"{high:.3g}); raise the cutoff so that there is something to fit"
+            )
+        if kept.all():
+            raise DataError(
+                f"every observation has flops below the cutoff {cutoff_flops:.3g} (the data span {low:.3g} to "
+                f"{high:.3g}); lower the cutoff so that there is something to predict"
+            )
+        return kept, f"flops >= {cutoff_flops:.3g}"
+    families = sorted(data["family"].unique())
+    if family not in families:
+        raise DataError(f"family {family!r} is not in the data (families: {families}); give one of those")
+    if keep_sizes < 1:
+        raise DataError(f"keep_sizes is {keep_sizes}; keep at least one size of family {family!r} (2 or more identify more)")
+    member = (data["family"] == family).to_numpy()
+    sizes = np.sort(data.loc[member, "params"].unique())
+    if len(sizes) <= keep_sizes:
+        raise DataError(
+            f"family {family!r} has {len(sizes)} model sizes, so keeping {keep_sizes} leaves nothing to predict; "
+            f"lower keep_sizes below {len(sizes)}"
+        )
+    kept = ~member | (data["params"].to_numpy() <= sizes[keep_sizes - 1])
+    return kept, f"family {family!r} above its {keep_sizes} smallest sizes (params > {sizes[keep_sizes - 1]:.3g})"
+
+
 def crps_from_draws(draws: np.ndarray, observed: float) -> float:
     """CRPS of a predictive distribution given by ``draws`` at the observed value.
 
@@ -86,11 +131,13 @@ def backtest(
     runs: RunTable | pd.DataFrame,
     model: str | Path | ModelSpec = "chinchilla",
     *,
-    cutoff_flops: float,
+    cutoff_flops: float | None = None,
+    family: str | None = None,
+    keep_sizes: int = 2,
     seed: int = 0,
     **fit_options,
 ) -> Backtest:
-    """Fit on observations below a compute cutoff and score predictions of the rest.
+    """Fit on part of the runs and score predictions of the rest.
 
     Parameters
     ----------
@@ -99,7 +146,12 @@ def backtest(
     model
         The card to fit (name, path or :class:`~bayescale.ModelSpec`).
     cutoff_flops
-        Observations with ``flops < cutoff_flops`` are fitted; the others are predicted.
+        Compute cutoff: observations with ``flops < cutoff_flops`` are fitted; the others are
+        predicted.
+    family, keep_sizes
+        Leave-one-family-out instead of a cutoff: fit every other family whole and this
+        family's ``keep_sizes`` smallest model sizes (all their rows, checkpoints included);
+        predict its larger sizes.
     seed
         Seed of the fit and of the predictive noise draws.
     **fit_options
@@ -112,38 +164,38 @@ def backtest(
     Raises
     ------
     bayescale.DataError
-        If the cutoff leaves nothing to fit or nothing to predict, or the fitted part
-        cannot identify the card's law.
+        If both or neither of ``cutoff_flops`` and ``family`` are given, the split leaves
+        nothing to fit or nothing to predict, a held-out family has nothing fitted and the card
+        is not hierarchical (a hierarchical card predicts it as a new family), or the fitted part cannot identify the card's law.
+
+    Examples
+    --------
+    >>> pooled = backtest(runs, "chinchilla-hierarchical", family="small-lr", keep_sizes=2)  # doctest: +SKIP
+    >>> alone = backtest(runs.data[runs.data.family == "small-lr"], "chinchilla", family="small-lr")  # doctest: +SKIP
     """
     if not isinstance(runs, RunTable):
         runs = RunTable(runs)
     data = runs.data
-    below = data["flops"].to_numpy() < cutoff_flops
-    low, high = data["flops"].min(), data["flops"].max()
-    if not below.any():
+    kept, held_out = _kept_rows(data, cutoff_flops, family, keep_sizes)
+    fitted = fit(RunTable(data[kept], source=f"{runs.source} without {held_out}"), model, seed=seed, **fit_options)
+    unseen = sorted(set(data.loc[~kept, "family"]) - set(fitted.families))
+    if unseen and not fitted.spec.hierarchical:
         raise DataError(
-            f"no observation has flops below the cutoff {cutoff_flops:.3g} (the data span {low:.3g} to "
-            f"{high:.3g}); raise the cutoff so that there is something to fit"
+            f"families {unseen} have no fitted observation, and card {fitted.spec.name!r} cannot "
+            "predict a family it has not seen; lower the cutoff, drop those families, or use a "
+            "hierarchical card (which predicts them as new families drawn from the population)"
         )
-    if below.all():
-        raise DataError(
-            f"every observation has flops below the cutoff {cutoff_flops:.3g} (the data span {low:.3g} to "
-            f"{high:.3g}); lower the cutoff so that there is something to predict"
-        )
-    fitted = fit(RunTable(data[below], source=f"{runs.source} below {cutoff_flops:.3g} FLOP"), model, seed=seed, **fit_options)
-    held_out = data[~below]
-    known = set(fitted.families)
-    unseen = sorted(set(held_out["family"]) - known)
-    if unseen:
-        raise DataError(
-            f"families {unseen} have no observation below the cutoff, and card {fitted.spec.name!r} cannot "
-            "predict a family it has not seen; lower the cutoff or drop those families"
-        )
+    largest = data[kept].groupby("family")[["params", "flops"]].max().reindex(sorted(set(data["family"])))
     frames = []
-    for family, part in held_out.groupby("family", sort=False):
-        inputs = {name: part[name].to_numpy(dtype=float) for name in fitted.spec.law.inputs}
-        table = fitted.predict(**inputs, family=family, noise=True, draws=True, seed=seed)
+    for name, part in data[~kept].groupby("family", sort=False):
+        inputs = {column: part[column].to_numpy(dtype=float) for column in fitted.spec.law.inputs}
+        # A family with nothing fitted is, to a hierarchical card, a new draw from the population.
+        as_family = name if name in fitted.families else NEW_FAMILY
+        table = fitted.predict(**inputs, family=as_family, noise=True, draws=True, seed=seed)
+        table["family"] = name
         observed = part["loss"].to_numpy(dtype=float)
+        table["params_ratio"] = part["params"].to_numpy(dtype=float) / largest.loc[name, "params"]
+        table["flops_ratio"] = part["flops"].to_numpy(dtype=float) / largest.loc[name, "flops"]
         table["observed"] = observed
         table["abs_rel_error"] = np.abs(table["q50"] / observed - 1.0)
         for level, lower, upper in INTERVALS:
@@ -151,4 +203,4 @@ def backtest(
         table["crps"] = [crps_from_draws(d, y) for d, y in zip(table["draws"], observed)]
         table["rel_width_95"] = (table["q97.5"] - table["q2.5"]) / table["q50"]
         frames.append(table.drop(columns="draws"))
-    return Backtest(rows=pd.concat(frames, ignore_index=True), fit=fitted, cutoff_flops=float(cutoff_flops))
+    return Backtest(rows=pd.concat(frames, ignore_index=True), fit=fitted, held_out=held_out)

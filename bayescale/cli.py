@@ -104,9 +104,34 @@ def _cmd_backtest(args) -> None:
 
     runs = bs.RunTable.from_csv(args.runs)
     options = dict(num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples, target_accept=args.target_accept)
-    result = bs.backtest(runs, args.model, cutoff_flops=args.cutoff_flops, seed=args.seed, **options)
+    split = dict(cutoff_flops=args.cutoff_flops, family=args.family, keep_sizes=args.keep_sizes)
+    result = bs.backtest(runs, args.model, seed=args.seed, **split, **options)
     summary = result.summary()
     _emit({"summary": _rows(summary), "rows": _rows(result.rows)}, summary, args.format)
+
+
+def _cmd_design(args) -> None:
+    import bayescale as bs
+
+    if args.target_kind == "optimal_params":
+        if args.target_flops is None:
+            raise ValueError("--target-kind optimal_params needs --target-flops (the budget whose optimal size is the target)")
+        target = {"kind": "optimal_params", "flops": args.target_flops}
+    else:
+        target = {k: v for k, v in (("params", args.target_params), ("tokens", args.target_tokens), ("flops", args.target_flops)) if v is not None}
+        if not target:
+            raise ValueError("give the target scale: --target-params and --target-tokens (or --target-flops)")
+    if not Path(args.candidates).exists():
+        raise FileNotFoundError(f"no such file: {args.candidates}")
+    design = bs.suggest_runs(bs.load(args.fit), pd.read_csv(args.candidates), args.budget_flops, target, family=args.family, seed=args.seed)
+    print(
+        f"bayescale: {design.target}: 95% width {design.width_95_before:.4g} now, {design.width_95_after:.4g} expected after "
+        f"{int(design.candidates['selected'].sum())} runs costing {design.spent:.3g} of {design.budget_flops:.3g} FLOP",
+        file=sys.stderr,
+    )
+    table = design.candidates.sort_values(["selected", "order", "gain_per_flop"], ascending=[False, True, False])
+    payload = {"target": design.target, "width_95_before": design.width_95_before, "width_95_after": design.width_95_after, "spent": design.spent, "rows": _rows(table)}
+    _emit(payload, table, args.format)
 
 
 def _cmd_demo(args) -> None:
@@ -165,14 +190,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_format(p)
     p.set_defaults(func=_cmd_optimal)
 
-    p = commands.add_parser("backtest", help="fit below a compute cutoff, predict the rest, score error and calibration")
+    p = commands.add_parser("backtest", help="fit part of the runs (below a compute cutoff, or all but a family's larger sizes), predict the rest, score error and calibration")
     p.add_argument("runs", help="CSV of runs (as for `bayescale fit`)")
-    p.add_argument("--cutoff-flops", type=float, required=True, help="fit observations below this compute; predict the others")
+    split = p.add_mutually_exclusive_group(required=True)
+    split.add_argument("--cutoff-flops", type=float, help="fit observations below this compute; predict the others")
+    split.add_argument("--family", help="leave this family out: fit its --keep-sizes smallest sizes and every other family; predict its larger sizes")
+    p.add_argument("--keep-sizes", type=int, default=2, help="with --family: how many of its smallest model sizes to fit (default 2)")
     p.add_argument("--model", default="chinchilla", help="card name or path to a .toml card")
     p.add_argument("--target-accept", type=float, default=None, help="NUTS target acceptance (default: the card's, usually 0.8; raise to 0.95 on divergences)")
     _add_sampler(p)
     _add_format(p)
     p.set_defaults(func=_cmd_backtest)
+
+    p = commands.add_parser("design", help="choose the candidate runs that most narrow a target's prediction per FLOP")
+    p.add_argument("fit", help="a saved fit (.nc)")
+    p.add_argument("--candidates", required=True, help="CSV of candidate runs: params, tokens (or flops), optional family and cost")
+    p.add_argument("--budget-flops", type=float, required=True, help="compute the chosen runs may spend in total")
+    p.add_argument("--target-params", type=float, help="target model size (with --target-tokens)")
+    p.add_argument("--target-tokens", type=float, help="target training tokens (with --target-params)")
+    p.add_argument("--target-flops", type=float, help="target compute (a compute law's input, or the budget of --target-kind optimal_params)")
+    p.add_argument("--target-kind", choices=("loss", "optimal_params"), default="loss", help="what to learn about: the loss at the target scale (default), or the compute-optimal size at --target-flops")
+    p.add_argument("--family", help="the target's family (hierarchical fits; 'new' for an unseen one)")
+    p.add_argument("--seed", type=int, default=0, help="seed of population draws for a new family (default 0)")
+    _add_format(p)
+    p.set_defaults(func=_cmd_design)
 
     p = commands.add_parser("demo", help="fit the bundled Chinchilla data and write results and a figure")
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")

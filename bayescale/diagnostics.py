@@ -24,6 +24,10 @@ class SamplerWarning(UserWarning):
     """The sampler did not converge well enough to trust the posterior without a second look."""
 
 
+class ModelWarning(UserWarning):
+    """The sampler converged, but the fitted model describes the data in an implausible way."""
+
+
 @dataclass(frozen=True)
 class Diagnostics:
     """Convergence summary of a fit.

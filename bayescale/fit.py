@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,10 +15,10 @@ import pandas as pd
 from . import __version__
 from ._arviz import az
 from .data import DataError, RunTable
-from .diagnostics import Diagnostics, diagnose
+from .diagnostics import Diagnostics, ModelWarning, diagnose
 from .coordinates import to_parameters
 from .engine import Settings, devices_for, enable_compilation_cache, sampler_for, say
-from .hierarchy import NonCentredStart, check_families, choose_centring, family_parameters, groups_of, layout_of, make_hierarchical_model, population_draws, simulate_rows
+from .hierarchy import NonCentredStart, check_families, choose_centring, family_parameters, groups_of, layout_of, make_hierarchical_model, population_draws, run_spread_problem, simulate_rows
 from .model import centre_of, centred_inputs, make_model
 from .predict import check_family, optimal_allocation, predict_loss, simulate_log_loss
 from .spec import ModelSpec
@@ -109,6 +110,10 @@ def fit(
     diagnostics = diagnose(idata, list(spec.sampled_parameters))
     say(f"done in {draws.seconds:.1f} s; {'no problems found' if diagnostics.ok else 'see warnings'}", progress)
     diagnostics.warn()
+    if spec.hierarchical and groups["run_effect"]:
+        problem = run_spread_problem(idata.posterior["sigma_run"].values)
+        if problem:
+            warnings.warn(problem, ModelWarning, stacklevel=2)
     return Fit(idata=idata, spec=spec, diagnostics=diagnostics)
 
 

@@ -195,6 +195,37 @@ def plot_noise(fit, ax=None):
     return fig
 
 
+def plot_design(design, ax=None):
+    """Candidate runs in the (params, tokens) plane, coloured by expected information per FLOP,
+    with the chosen batch ringed and numbered in the order chosen.
+
+    Parameters
+    ----------
+    design
+        A :class:`~bayescale.design.Design` (from :func:`bayescale.suggest_runs`).
+    ax
+        Axes to draw on; new ones if omitted.
+    """
+    fig, ax = _axes(ax)
+    table = design.candidates
+    value = np.log10(np.clip(table["gain_per_flop"].to_numpy(dtype=float), 1e-300, None))
+    points = ax.scatter(table["params"], table["tokens"], c=value, cmap="viridis", s=40)
+    fig.colorbar(points, ax=ax, label="log10 expected information per FLOP")
+    chosen = design.selected
+    ax.scatter(chosen["params"], chosen["tokens"], s=160, facecolors="none", edgecolors="C3", linewidths=1.5, label="chosen")
+    for _, row in chosen.iterrows():
+        ax.annotate(str(int(row["order"])), (row["params"], row["tokens"]), textcoords="offset points", xytext=(6, 6), fontsize="small", color="C3")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_count(v)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: format_count(v)))
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("training tokens")
+    ax.set_title(f"next runs for the {design.target}: 95% width {design.width_95_before:.3g} -> {design.width_95_after:.3g}", fontsize="small")
+    ax.legend(frameon=False, fontsize="small")
+    return fig
+
+
 def plot_fit(fit, flops=None):
     """One figure with :func:`plot_loss_frontier` and, where the law allows, :func:`plot_optimal_allocation`."""
     panels = 2 if fit.spec.law.optimal_fn is not None else 1

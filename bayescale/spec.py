@@ -31,7 +31,7 @@ class Pooling:
     ----------
     mode
         ``"pooled"``: each family's value is drawn from Normal(population mean, tau), with
-        tau learned (partial pooling; prior Gamma(2, 2 / scale), see :mod:`bayescale.hierarchy`);
+        tau learned (partial pooling; prior Gamma(4, 4 / scale), see :mod:`bayescale.hierarchy`);
         ``"fixed"``: Normal(population mean, ``scale``) with the spread asserted by the card
         rather than learned, for coordinates whose spread across families the data cannot
         identify (a wide ``scale`` leaves the families unpooled); ``"shared"``: one value for

@@ -137,10 +137,28 @@ def simulate_family_losses(
     return RunTable(grid.assign(loss=np.exp(log_loss)).reset_index(drop=True), source=f"simulated {law} families")
 
 
-#: The population of :func:`simulate_sweep`: a typical family near Epoch's Chinchilla fit
-#: (Besiroglu et al. 2024) and family spreads in the sampler's coordinates.
-SWEEP_TYPICAL = {"E": 1.8, "A": 450.0, "alpha": 0.34, "B": 2000.0, "beta": 0.32}
-SWEEP_SPREAD = {"log_loss_centre": 0.04, "logit_share_e": 0.25, "logit_share_a_c": 0.25, "log_alpha": 0.08, "log_beta": 0.08}
+#: The population of :func:`simulate_sweep`, per law: a typical family's published parameters
+#: and the family spreads in the sampler's coordinates. Chinchilla: near Epoch's fit (Besiroglu
+#: et al. 2024); compute power law: E and alpha as in the compute card's prior notes.
+SWEEP_TYPICAL = {
+    "chinchilla": {"E": 1.8, "A": 450.0, "alpha": 0.34, "B": 2000.0, "beta": 0.32},
+    "compute-power-law": {"E": 1.7, "A": 700.0, "alpha": 0.15},
+}
+SWEEP_SPREAD = {
+    "chinchilla": {"log_loss_centre": 0.04, "logit_share_e": 0.25, "logit_share_a_c": 0.25, "log_alpha": 0.08, "log_beta": 0.08},
+    "compute-power-law": {"log_loss_centre": 0.04, "logit_share_e": 0.25, "log_slope_a_c": 0.1},
+}
+
+
+def _centred(law_name: str, natural: dict, centre: dict) -> dict:
+    """A typical family's published parameters -> the law's parameters at ``centre``."""
+    if law_name == "chinchilla":
+        return {
+            "e": np.log(natural["E"]), "alpha": natural["alpha"], "beta": natural["beta"],
+            "a_c": np.log(natural["A"]) - natural["alpha"] * centre["params"],
+            "b_c": np.log(natural["B"]) - natural["beta"] * centre["tokens"],
+        }
+    return {"e": np.log(natural["E"]), "alpha": natural["alpha"], "a_c": np.log(natural["A"]) - natural["alpha"] * centre["flops"]}
 
 
 def simulate_sweep(
@@ -149,6 +167,7 @@ def simulate_sweep(
     seeds: int = 3,
     checkpoints: int = 20,
     *,
+    law: str = "chinchilla",
     smallest: float = 2e7,
     largest: float = 6e8,
     tokens_per_param: float = 20.0,
@@ -156,11 +175,17 @@ def simulate_sweep(
     sigma_run: float = 0.01,
     seed: int = 0,
 ) -> tuple[RunTable, dict]:
-    """A multi-family Chinchilla sweep drawn from a known population (the issue-3 workload).
+    """A multi-family sweep drawn from a known population (the issue-3 workload).
 
     Each family's coordinates (:mod:`bayescale.coordinates`, at the centre of the whole
-    sweep) are ``mu + SWEEP_SPREAD * z`` with ``z ~ N(0, 1)``; runs get a normal offset of
-    sd ``sigma_run`` and checkpoints noise of sd ``sigma`` on log loss.
+    sweep) are ``mu + SWEEP_SPREAD[law] * z`` with ``z ~ N(0, 1)``, ``mu`` those of
+    ``SWEEP_TYPICAL[law]``; runs get a normal offset of sd ``sigma_run`` and checkpoints noise
+    of sd ``sigma`` on log loss.
+
+    Parameters
+    ----------
+    law
+        ``"chinchilla"`` or ``"compute-power-law"``.
 
     Returns
     -------
@@ -170,24 +195,19 @@ def simulate_sweep(
     """
     from ..coordinates import coordinate_names, from_parameters, to_parameters
 
-    law = get_law("chinchilla")
+    if law not in SWEEP_TYPICAL:
+        raise ValueError(f"simulate_sweep knows the laws {sorted(SWEEP_TYPICAL)}, not {law!r}")
+    form = get_law(law)
     rng = np.random.default_rng(seed)
     names = [f"family_{i:02d}" for i in range(families)]
     configs = [(n, tokens_per_param * n) for n in np.geomspace(smallest, largest, sizes)]
     grid = checkpoint_grid({name: configs for name in names}, seeds=seeds, checkpoints=checkpoints)
-    centre = {name: float(np.mean(np.log(grid[name]))) for name in law.inputs}
-    typical = {
-        "e": np.log(SWEEP_TYPICAL["E"]),
-        "a_c": np.log(SWEEP_TYPICAL["A"]) - SWEEP_TYPICAL["alpha"] * centre["params"],
-        "alpha": SWEEP_TYPICAL["alpha"],
-        "b_c": np.log(SWEEP_TYPICAL["B"]) - SWEEP_TYPICAL["beta"] * centre["tokens"],
-        "beta": SWEEP_TYPICAL["beta"],
-    }
-    mu = {k: float(v) for k, v in from_parameters(law, typical).items()}
-    coords = coordinate_names(law)
-    u = {k: mu[k] + SWEEP_SPREAD[k] * rng.standard_normal(families) for k in coords}
-    theta, _ = to_parameters(law, u)
+    centre = {name: float(np.mean(np.log(grid[name]))) for name in form.inputs}
+    mu = {k: float(v) for k, v in from_parameters(form, _centred(law, SWEEP_TYPICAL[law], centre)).items()}
+    spread = SWEEP_SPREAD[law]
+    u = {k: mu[k] + spread[k] * rng.standard_normal(families) for k in coordinate_names(form)}
+    theta, _ = to_parameters(form, u)
     family_theta = {name: {k: float(np.asarray(v)[i]) for k, v in theta.items()} for i, name in enumerate(names)}
-    runs = simulate_family_losses("chinchilla", grid, family_theta, centre=centre, sigma=sigma, sigma_run=sigma_run, seed=seed + 1)
-    truth = {"mu": mu, "tau": dict(SWEEP_SPREAD), "centre": centre, "u": u, "theta": family_theta, "sigma": sigma, "sigma_run": sigma_run}
+    runs = simulate_family_losses(law, grid, family_theta, centre=centre, sigma=sigma, sigma_run=sigma_run, seed=seed + 1)
+    truth = {"mu": mu, "tau": dict(spread), "centre": centre, "u": u, "theta": family_theta, "sigma": sigma, "sigma_run": sigma_run}
     return runs, truth

@@ -1,0 +1,106 @@
+"""suggest_runs: Bayes-linear value of candidate runs per FLOP, greedy batches under a budget."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayescale as bs
+from bayescale.cli import main
+from bayescale.design import _greedy, _LocalInformation
+
+
+def _candidates():
+    n, ratio = np.meshgrid(np.geomspace(5e7, 2e9, 6), [5.0, 20.0, 80.0])
+    return pd.DataFrame({"params": n.ravel(), "tokens": (n * ratio).ravel()})
+
+
+def _information(draws=3, candidates=4, parameters=3, seed=0):
+    rng = np.random.default_rng(seed)
+    root = rng.normal(size=(draws, parameters, parameters))
+    precision = root @ root.transpose(0, 2, 1) + np.eye(parameters)
+    jacobian = rng.normal(size=(draws, candidates, parameters))
+    return _LocalInformation(np.linalg.inv(precision), jacobian, rng.normal(size=(draws, parameters)), np.full(draws, 0.3)), precision
+
+
+def test_conditioning_adds_the_runs_fisher_information():
+    """Observing candidate k adds j j' / noise to each draw's precision (Sherman-Morrison)."""
+    information, precision = _information()
+    j = information.jacobian[:, 2]
+    direct = np.linalg.inv(precision + np.einsum("sp,sq->spq", j, j) / 0.3)
+    np.testing.assert_allclose(information.condition(information.covariance, 2), direct, rtol=1e-10)
+
+
+def test_gains_are_the_information_about_the_target():
+    """Each candidate's gain is the draw-averaged 0.5 log(variance before / variance after)."""
+    information, _ = _information()
+    for k in range(4):
+        after = information.condition(information.covariance, k)
+        assert information.gains(information.covariance)[k] == pytest.approx(information.information(after), rel=1e-10)
+
+
+def test_a_repeated_run_is_worth_less_the_second_time():
+    information, _ = _information(candidates=1)
+    information.jacobian = np.repeat(information.jacobian, 2, axis=1)  # the same run twice
+    first = information.gains(information.covariance)
+    second = information.gains(information.condition(information.covariance, 0))
+    assert first[0] == pytest.approx(first[1]) and second[1] < first[1]  # no double counting
+
+
+def test_greedy_never_exceeds_the_budget():
+    information, _ = _information(candidates=5)
+    cost = np.array([3.0, 2.0, 2.0, 1.0, 4.0])
+    for per_flop in (True, False):
+        chosen, gained = _greedy(information, cost, 4.5, per_flop)
+        assert cost[chosen].sum() <= 4.5 and np.all(np.diff(gained) >= 0)
+
+
+def test_suggest_runs_ranks_and_selects_within_the_budget(small_fit):
+    budget = 6 * 1e9 * 2e10
+    design = bs.suggest_runs(small_fit, _candidates(), budget, {"params": 7e10, "tokens": 1.4e12})
+    table = design.candidates
+    assert design.spent <= budget and table.loc[table["selected"], "cost"].sum() == pytest.approx(design.spent)
+    assert sorted(design.selected["order"]) == list(range(1, int(table["selected"].sum()) + 1))
+    assert 0 < design.width_95_after < design.width_95_before
+    assert (table["expected_gain"] >= 0).all() and np.allclose(table["gain_per_flop"], table["expected_gain"] / table["cost"])
+    # The widths after each chosen run can only shrink.
+    assert np.all(np.diff(design.selected["width_95_after"].to_numpy()) <= 1e-12)
+
+
+def test_an_optimal_size_target(small_fit):
+    design = bs.suggest_runs(small_fit, _candidates(), 6 * 1e9 * 2e10, {"kind": "optimal_params", "flops": 1e24})
+    assert "compute-optimal params" in design.target and design.width_95_after < design.width_95_before
+
+
+@pytest.mark.parametrize(
+    "candidates, budget, message",
+    [
+        (pd.DataFrame({"params": [1e8, -1e8], "tokens": [2e9, 2e9]}), 1e20, "row"),
+        (pd.DataFrame({"params": [1e8]}), 1e20, "missing"),
+        (pd.DataFrame({"params": [1e8, 2e8], "tokens": [2e9, 4e9]}), 1e17, "smaller than the cheapest candidate"),
+        (pd.DataFrame({"params": [1e8], "tokens": [2e9], "cost": [0.0]}), 1e20, "cost must be positive"),
+    ],
+)
+def test_bad_candidates_and_budgets_name_the_fix(small_fit, candidates, budget, message):
+    with pytest.raises(bs.DataError, match=message):
+        bs.suggest_runs(small_fit, candidates, budget, {"params": 7e10, "tokens": 1.4e12})
+
+
+def test_cli_design(small_fit, tmp_path, capsys):
+    path = small_fit.save(tmp_path / "fit.nc")
+    _candidates().to_csv(tmp_path / "candidates.csv", index=False)
+    argv = ["design", str(path), "--candidates", str(tmp_path / "candidates.csv"), "--budget-flops", "1.2e20", "--target-params", "7e10", "--target-tokens", "1.4e12", "--format", "json"]
+    assert main(argv) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["spent"] <= 1.2e20 and payload["rows"][0]["selected"] and payload["rows"][0]["order"] == 1
+    assert main([*argv[:5], "1", *argv[6:]]) == 2  # a budget of 1 FLOP buys nothing
+    assert "smaller than the cheapest candidate" in capsys.readouterr().err
+
+
+def test_design_plot_marks_the_selection(small_fit):
+    from bayescale.plots import plot_design
+
+    design = bs.suggest_runs(small_fit, _candidates(), 6 * 1e9 * 2e10, {"params": 7e10, "tokens": 1.4e12})
+    ax = plot_design(design).axes[0]
+    assert len(ax.collections) == 2 and len(ax.texts) == int(design.candidates["selected"].sum())
