@@ -8,13 +8,17 @@ design criterion of Chaloner & Larntz (1989, "Optimal Bayesian design applied to
 regression experiments"), which averages a local criterion over the posterior rather than
 evaluating it at one point estimate.
 
-At draw ``s`` the law's parameters have a local covariance ``Sigma_s`` (the inverse of the
-Fisher information of the runs already fitted plus the card's prior precision; for a pooled
-family, whose information comes partly from the other families, the posterior covariance of
-its parameters). A run with log-loss gradient ``j`` and observation noise ``v`` (the inverse
-Fisher information of one observation) lowers the target's variance ``g' Sigma g`` by
-``(g' Sigma j)^2 / (j' Sigma j + v)`` (a rank-one update), a gain of
-``-log(1 - fall / variance) / 2`` nats. Gradients are taken by central differences.
+What is known now is the posterior covariance ``Sigma`` of the law's parameters (from the
+draws; for a pooled family it carries what the other families taught). At draw ``s`` a run
+with log-loss gradient ``j_s`` and observation noise ``v_s`` (the inverse Fisher information
+of one observation: sigma^2 for a normal likelihood, sigma^2 (nu + 3) / (nu + 1) for a
+Student-t one) lowers the target's variance ``g_s' Sigma g_s`` by
+``(g_s' Sigma j_s)^2 / (j_s' Sigma j_s + v_s)`` (a rank-one update), a gain of
+``-log(1 - fall / variance) / 2`` nats; the gains are averaged over draws. Gradients are
+taken by central differences. The local gradients carry the law's curvature across the
+posterior; the shared covariance keeps the draws in the tails of a wide posterior from
+dominating. (Each draw's own Fisher information of the fitted runs instead of ``Sigma``
+chose batches whose widths were 0.86x the grid's rather than 0.75x, 5 simulated worlds.)
 
 Batches are chosen greedily: each round adds the affordable candidate with the largest gain
 per FLOP *given the runs already chosen* (each draw's covariance is conditioned on them), so a
@@ -136,7 +140,7 @@ def _candidate_table(candidates) -> pd.DataFrame:
     # RunTable names bad rows; a "run" column keeps it from refusing repeated candidates (a
     # repeat is a legitimate choice: a second seed of the same configuration).
     checked = candidates.drop(columns=["cost"], errors="ignore").assign(run=np.arange(len(candidates)))
-    table = RunTable(checked, source="the candidates").data.drop(columns="run")
+    table = RunTable(checked, source="the candidates").data.drop(columns="run").set_axis(candidates.index)  # the caller's row labels
     if cost is not None:
         cost = pd.to_numeric(cost, errors="coerce").to_numpy(dtype=float)
         bad = ~np.isfinite(cost) | (cost <= 0)
@@ -149,7 +153,8 @@ def _candidate_table(candidates) -> pd.DataFrame:
 class _LocalInformation:
     """Per posterior draw, the covariance of the law's parameters and the candidates' gradients.
 
-    ``covariance`` (S, P, P): what is known now, locally at each draw; ``jacobian`` (S, K, P):
+    ``covariance`` (S, P, P): what is known now (the same for every draw until runs are
+    chosen; :func:`_current_covariance`); ``jacobian`` (S, K, P):
     each candidate's log loss against the parameters; ``gradient`` (S, P): the target's;
     ``noise`` (S,): the variance a new run's observation adds (the inverse Fisher information
     of one observation: sigma^2 for a normal likelihood, sigma^2 (nu + 3) / (nu + 1) for a
@@ -188,32 +193,11 @@ class _LocalInformation:
         return covariance - np.einsum("sp,sq->spq", column, column) / total[:, k, None, None]
 
 
-def _prior_precision(spec, theta: dict) -> np.ndarray:
-    """(S, P, P) diagonal precision of the card's priors at each draw: 1/scale^2 for a Normal,
-    1/(scale * value)^2 for a LogNormal (its local precision on the natural scale)."""
-    names = spec.law.parameters
-    diagonal = np.zeros((np.size(theta[names[0]]), len(names)))
-    for p, name in enumerate(names):
-        prior = spec.priors[name]
-        scale = prior.arguments.get("scale")
-        if prior.distribution == "Normal":
-            diagonal[:, p] = scale**-2.0
-        elif prior.distribution == "LogNormal":
-            diagonal[:, p] = (scale * np.asarray(theta[name])) ** -2.0
-    return np.einsum("sp,pq->spq", diagonal, np.eye(len(names)))
-
-
-def _current_covariance(fit, theta: dict, noise: np.ndarray, log_loss_at) -> np.ndarray:
-    """(S, P, P): what is known now about the law's parameters, locally at each draw."""
-    names = fit.spec.law.parameters
-    draws = np.size(theta[names[0]])
-    if fit.spec.hierarchical:
-        # A pooled family's information comes partly from the other families: take it from the
-        # posterior itself (the covariance of the family's parameters), the same at every draw.
-        return np.array(np.broadcast_to(np.cov(np.stack([theta[k] for k in names])), (draws, len(names), len(names))))
-    seen = _jacobian(log_loss_at(fit.observed()), theta, names)  # (S, n, P)
-    information = np.einsum("snp,snq->spq", seen, seen) / noise[:, None, None] + _prior_precision(fit.spec, theta)
-    return np.linalg.inv(information)
+def _current_covariance(theta: dict, names) -> np.ndarray:
+    """(S, P, P): what is known now about the law's parameters: their posterior covariance,
+    the same at every draw (module docstring: why not each draw's local Fisher information)."""
+    covariance = np.cov(np.stack([np.asarray(theta[k]) for k in names]))
+    return np.array(np.broadcast_to(covariance, (np.size(theta[names[0]]), len(names), len(names))))
 
 
 def _greedy(information: _LocalInformation, cost, budget: float, per_flop: bool) -> tuple[list[int], list[float]]:
@@ -302,7 +286,7 @@ def suggest_runs(
 
     sigma2 = theta["sigma"] ** 2
     noise = sigma2 * (theta["nu"] + 3.0) / (theta["nu"] + 1.0) if spec.likelihood == "student_t" else sigma2
-    covariance = _current_covariance(fit, theta, noise, log_loss_at)
+    covariance = _current_covariance(theta, names)
     information = _LocalInformation(covariance, _jacobian(log_loss_at(table), theta, names), _jacobian(target_of, theta, names), noise)
 
     cost = table["cost"].to_numpy(dtype=float)
@@ -316,9 +300,9 @@ def suggest_runs(
     chosen, gained = max(batches, key=lambda batch: batch[1][-1] if batch[1] else 0.0)
     # Each nat of information about a normal quantity divides its sd, and so its width, by e.
     widths = [width_before * np.exp(-nats) for nats in gained]
-    table["selected"] = False
-    table["order"] = 0
-    table["width_95_after"] = np.nan
-    for step, (row, width) in enumerate(zip(chosen, widths), start=1):
-        table.loc[table.index[row], ["selected", "order", "width_95_after"]] = [True, step, width]
+    order = np.zeros(len(table), dtype=int)
+    order[chosen] = np.arange(1, len(chosen) + 1)
+    width_after = np.full(len(table), np.nan)
+    width_after[chosen] = widths
+    table["selected"], table["order"], table["width_95_after"] = order > 0, order, width_after
     return Design(table, described, width_before, widths[-1] if widths else width_before, float(cost[chosen].sum()), float(budget_flops))

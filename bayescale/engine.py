@@ -190,7 +190,8 @@ class Sampler:
     start
         For models whose sampling coordinates have no posterior mode (a hierarchical model's
         (partly) centred coordinates: the density grows without bound as a spread goes to zero), an
-        object with ``args(args)``, the arguments of an equivalent model that has one, and
+        object with ``args(args)``, the arguments of an equivalent model that has one,
+        ``initial(latent)``, which adjusts a chain's random unconstrained starting values, and
         ``convert(latent, args)``, which maps that model's unconstrained values to this one's.
         Chains then optimise in the former and start sampling at the converted point.
     """
@@ -216,6 +217,7 @@ class Sampler:
                 z_mode, precision = find_mode(partial(potential, args=args), z0)
             else:
                 # Optimise where the posterior has a mode, then move to the sampling coordinates.
+                z0 = ravel_pytree(start.initial(unravel(z0)))[0]
                 z_start, _ = find_mode(partial(potential, args=start.args(args)), z0)
                 z_mode = ravel_pytree(start.convert(unravel(z_start), args))[0]
                 precision = jax.hessian(partial(potential, args=args))(z_mode)

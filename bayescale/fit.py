@@ -92,7 +92,7 @@ def fit(
     if spec.hierarchical:
         groups = groups_of(runs, spec)
         args = (x, log_loss, {k: jnp.asarray(v) for k, v in groups.items()})
-        start = NonCentredStart(layout_of(spec))
+        start = NonCentredStart(layout_of(spec), {name: _typical(spec.priors[name]) for name in spec.noise_parameters})
         sampler = sampler_for(spec.text, lambda: make_hierarchical_model(spec), args, settings, devices=devices_for(chain_method, num_chains), start=start)
         groups["centring"] = choose_centring(sampler, args)
         args[2]["centring"] = jnp.asarray(groups["centring"])
@@ -115,6 +115,12 @@ def fit(
         if problem:
             warnings.warn(problem, ModelWarning, stacklevel=2)
     return Fit(idata=idata, spec=spec, diagnostics=diagnostics)
+
+
+def _typical(prior) -> float:
+    """A positive prior's mean, or its scale where the mean is infinite (e.g. half-Cauchy)."""
+    mean = float(prior.to_numpyro().mean)
+    return mean if np.isfinite(mean) else float(prior.arguments["scale"])
 
 
 def check_identifiable(runs: RunTable, spec: ModelSpec, where: str = "the data") -> None:

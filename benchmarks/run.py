@@ -36,8 +36,8 @@ Workload ``design`` (issue 5): simulated worlds (a Chinchilla truth, 1% noise) s
 small runs (2e7-1e8 params, 10 and 40 tokens/param); candidates are 8 sizes (5e7-2e9) x 5
 ratios (5-80 tokens/param). At the same budget (the cost of the usual grid: the 7 candidate
 sizes up to 1.2e9 at 20 tokens/param), four strategies add runs: ``suggest_runs`` (target:
-loss at 70B params, 1.4T tokens) in one batch, and in two rounds (half the budget, refit,
-the rest), that grid, and random candidates. Their outcomes are drawn
+loss at 70B params, 1.4T tokens) in one batch, and in three rounds (a third of the budget,
+refit, and again), that grid, and random candidates. Their outcomes are drawn
 from the truth, the card is refitted, and the target's 95% interval width, error and
 coverage are compared.
 
@@ -574,14 +574,17 @@ def design(args) -> dict:
             outcome = lambda added: bs.datasets.simulate_runs(  # noqa: E731
                 "chinchilla", truth, params=added["params"].to_numpy(), tokens=added["tokens"].to_numpy(), sigma=0.01, seed=int(rng.integers(1 << 30))
             ).data
-            # Two rounds: half the budget, train (simulate) and refit, then the rest.
-            halfway = bs.suggest_runs(first, candidates, budget / 2, target, seed=world)
-            round_one = outcome(halfway.selected)
-            middle = bs.fit(pd.concat([initial.data, round_one], ignore_index=True), "chinchilla", seed=world, progress=False)
-            rest = bs.suggest_runs(middle, candidates.drop(index=halfway.selected.index), budget - halfway.spent, target, seed=world)
+            # Three rounds: a third of the budget, train (simulate) and refit, and again.
+            rounds, left, pool, current = [], budget, candidates, first
+            for step in range(3):
+                chosen = bs.suggest_runs(current, pool, left / (3 - step), target, seed=world)
+                rounds.append(outcome(chosen.selected))
+                left, pool = left - chosen.spent, pool.drop(index=chosen.selected.index)
+                if step < 2:
+                    current = bs.fit(pd.concat([initial.data, *rounds], ignore_index=True), "chinchilla", seed=world, progress=False)
             strategies = {
                 "designed": outcome(suggestion.selected),
-                "designed, 2 rounds": pd.concat([round_one, outcome(rest.selected)], ignore_index=True),
+                "designed, 3 rounds": pd.concat(rounds, ignore_index=True),
                 "grid": outcome(usual),
                 "random": outcome(shuffled.loc[taken]),
             }
@@ -599,7 +602,7 @@ def design(args) -> dict:
                 print(rows[-1], flush=True)
     table = []
     grid_width = {r["world"]: r["width_95"] for r in rows if r["strategy"] == "grid"}
-    for name in ("designed", "designed, 2 rounds", "grid", "random"):
+    for name in ("designed", "designed, 3 rounds", "grid", "random"):
         part = [r for r in rows if r["strategy"] == name]
         table.append({
             "strategy": name, "worlds": len(part), "mean_runs": float(np.mean([r["runs"] for r in part])),
