@@ -166,7 +166,8 @@ def backtest(
     bayescale.DataError
         If both or neither of ``cutoff_flops`` and ``family`` are given, the split leaves
         nothing to fit or nothing to predict, a held-out family has nothing fitted and the card
-        is not hierarchical (a hierarchical card predicts it as a new family), or the fitted part cannot identify the card's law.
+        is not hierarchical (a hierarchical card predicts it as a new family), or the fitted
+        part cannot identify the card's law.
 
     Examples
     --------
