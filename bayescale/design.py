@@ -133,9 +133,8 @@ def _candidate_table(candidates) -> pd.DataFrame:
         candidates = pd.DataFrame(candidates)
     if candidates.empty:
         raise DataError("no candidate runs given; pass a table with params and tokens columns")
-    missing = [c for c in ("params", "tokens") if c not in candidates]
-    if missing and not ({"flops"} <= set(candidates) and len(missing) == 1):
-        raise DataError(f"candidates need columns params and tokens (or two of params, tokens, flops); missing {missing}")
+    if "flops" not in candidates and not {"params", "tokens"} <= set(candidates):
+        raise DataError(f"candidates need params and tokens columns (or flops, for a compute law); they have {list(candidates.columns)}, missing columns")
     cost = candidates["cost"] if "cost" in candidates else None
     # RunTable names bad rows; a "run" column keeps it from refusing repeated candidates (a
     # repeat is a legitimate choice: a second seed of the same configuration).
