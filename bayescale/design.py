@@ -45,7 +45,7 @@ import pandas as pd
 
 from .data import DataError, RunTable
 from .model import centred_inputs
-from .predict import _complete_inputs, simulate_log_loss
+from .predict import _complete_inputs, optimal_sizes, simulate_log_loss
 
 #: Kinds of target :func:`suggest_runs` accepts, and what each is.
 TARGETS = {
@@ -108,8 +108,7 @@ def _target_function(fit, target: dict) -> tuple[callable, str]:
     budget = np.asarray([float(inputs["flops"])])
 
     def log_optimal_params(theta):
-        natural = {k: np.asarray(v)[:, None] for k, v in spec.law.natural(theta, fit.centre).items()}
-        return np.log(spec.law.optimal_fn(natural, budget[None, :])[0][:, 0])
+        return np.log(optimal_sizes(spec.law, theta, fit.centre, budget)[0][:, 0])
 
     return log_optimal_params, f"compute-optimal params at {budget[0]:.3g} FLOP"
 

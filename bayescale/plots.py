@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
+from .hierarchy import NEW_FAMILY  # noqa: E402
+
 
 def format_count(value: float, unit: str = "") -> str:
     """Readable scale labels: 7e10 -> "70B", 1.2e6 -> "1.2M", with an optional unit."""
@@ -150,22 +152,23 @@ def plot_families(fit, flops=None, ax=None, *, new_family: bool = True):
     fig, ax = _axes(ax)
     budgets = _frontier_budgets(fit, flops)
     observed = fit.observed()
-    names = [*fit.families, *(["new"] if new_family else [])]
-    for k, family in enumerate(names):
+
+    def band(family):
         if fit.spec.law.optimal_fn is None:
-            table = fit.predict(flops=budgets, family=family)
-        else:
-            table = fit.optimal(budgets, family=family)
-            table = table[table["quantity"] == "loss"]
-        colour = "0.4" if family == "new" else f"C{k % 10}"
-        if family == "new":
-            ax.plot(table["flops"], table["q2.5"], color=colour, ls="--", lw=1, label="a new family, 95%")
-            ax.plot(table["flops"], table["q97.5"], color=colour, ls="--", lw=1)
-            continue
+            return fit.predict(flops=budgets, family=family)
+        table = fit.optimal(budgets, family=family)
+        return table[table["quantity"] == "loss"]
+
+    for k, family in enumerate(fit.families):
+        table, colour = band(family), f"C{k % 10}"
         ax.fill_between(table["flops"], table["q2.5"], table["q97.5"], color=colour, alpha=0.25, lw=0)
         ax.plot(table["flops"], table["q50"], color=colour, lw=1.2, label=family)
         rows = observed[observed["family"] == family]
         ax.scatter(rows["flops"], rows["loss"], s=6, color=colour, alpha=0.6, zorder=3)
+    if new_family and NEW_FAMILY not in fit.families:  # a fitted family named "new" is that family
+        table = band(NEW_FAMILY)
+        ax.plot(table["flops"], table["q2.5"], color="0.4", ls="--", lw=1, label="a new family, 95%")
+        ax.plot(table["flops"], table["q97.5"], color="0.4", ls="--", lw=1)
     _loss_against_compute(ax)
     ax.set_title("families: data and posterior (bands: 95%, compute-optimal runs)")
     ax.legend(frameon=False, fontsize="small", ncol=2)

@@ -182,6 +182,13 @@ def predict_loss(fit, params=None, tokens=None, flops=None, family=None, *, nois
     return frame
 
 
+def optimal_sizes(law, theta: Mapping[str, np.ndarray], centre: Mapping[str, float], budgets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Compute-optimal params and tokens, each of shape ``(S, B)``, for ``S`` draws of the law's
+    (centred) parameters and ``B`` budgets: the law's closed form (:attr:`Law.optimal_fn`) per draw."""
+    natural = {k: np.asarray(v)[:, None] for k, v in law.natural(theta, centre).items()}
+    return law.optimal_fn(natural, np.asarray(budgets)[None, :])
+
+
 def optimal_allocation(fit, flops, *, family=None, draws=False, seed=0) -> pd.DataFrame:
     """Compute-optimal model size and tokens at training budgets, per posterior draw.
 
@@ -217,8 +224,7 @@ def optimal_allocation(fit, flops, *, family=None, draws=False, seed=0) -> pd.Da
         )
     budgets = _as_array("flops", flops)
     theta = fit.parameter_draws(family, seed=seed)
-    natural = {k: np.asarray(v) for k, v in law.natural(theta, fit.centre).items()}
-    n_opt, d_opt = law.optimal_fn({k: v[:, None] for k, v in natural.items()}, budgets[None, :])
+    n_opt, d_opt = optimal_sizes(law, theta, fit.centre, budgets)
     x_opt = centred_inputs({"params": n_opt, "tokens": d_opt}, fit.centre)
     loss = np.exp(simulate_log_loss(fit.spec, theta, x_opt, noise=False))
     quantities = {"params": n_opt, "tokens": d_opt, "tokens_per_param": d_opt / n_opt, "loss": loss}
