@@ -36,6 +36,8 @@ from . import datasets  # noqa: E402
 from .backtest import Backtest, backtest  # noqa: E402
 from .data import DataError, RunTable  # noqa: E402
 from .design import Design, suggest_runs  # noqa: E402
+from .downstream import DownstreamFit  # noqa: E402
+from .emergence import emergence  # noqa: E402
 from .diagnostics import Diagnostics, ModelWarning, SamplerWarning  # noqa: E402
 from .fit import Fit, fit, load  # noqa: E402
 from .parallel import fit_many  # noqa: E402
@@ -46,6 +48,7 @@ __all__ = [
     "DataError",
     "Design",
     "Diagnostics",
+    "DownstreamFit",
     "Fit",
     "ModelSpec",
     "ModelWarning",
@@ -55,6 +58,7 @@ __all__ = [
     "available_cards",
     "backtest",
     "datasets",
+    "emergence",
     "fit",
     "fit_many",
     "load",

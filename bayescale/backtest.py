@@ -13,7 +13,8 @@ noise). Two ways of choosing the part:
 
 It reports, per held-out row and summarised overall and per family:
 
-* the absolute relative error of the predictive median;
+* the absolute relative error of the predictive median (for downstream accuracies, the
+  absolute error in accuracy points: a relative error of an accuracy near zero means little);
 * whether the 50%, 90% and 95% central intervals cover the observed loss (calibration:
   over many rows, coverage should be near the nominal level);
 * the continuous ranked probability score (CRPS, Gneiting & Raftery 2007, eq. 21), estimated
@@ -33,8 +34,10 @@ import numpy as np
 import pandas as pd
 
 from .data import DataError, RunTable
+from .downstream import DownstreamFit
 from .fit import Fit, fit
 from .hierarchy import NEW_FAMILY
+from .predict import QUANTILES
 from .spec import ModelSpec
 
 #: Central intervals scored, as (label, lower quantile column, upper quantile column).
@@ -50,7 +53,8 @@ class Backtest:
     rows
         One row per held-out observation: its inputs and family, ``observed``, the
         predictive quantiles, ``abs_rel_error``, ``covered_50/90/95``, ``crps`` and
-        ``rel_width_95``.
+        ``rel_width_95`` (downstream fits: ``task``, ``abs_error`` and ``width_95``, in
+        accuracy points).
     fit
         The fit made on the kept observations.
     held_out
@@ -68,17 +72,25 @@ class Backtest:
         -------
         pandas.DataFrame
             Columns ``family, n, median_abs_rel_error, coverage_50, coverage_90, coverage_95,
-            mean_crps, mean_rel_width_95``.
+            mean_crps, mean_rel_width_95`` (downstream fits: ``mean_abs_error`` and
+            ``mean_width_95`` in accuracy points instead of the relative measures).
         """
         groups = [("all", self.rows)] + ([(name, part) for name, part in self.rows.groupby("family")] if self.rows["family"].nunique() > 1 else [])
         return pd.DataFrame([_score(name, part) for name, part in groups])
 
 
 def _score(name: str, rows: pd.DataFrame) -> dict:
-    scores = {"family": name, "n": len(rows), "median_abs_rel_error": float(rows["abs_rel_error"].median())}
+    scores = {"family": name, "n": len(rows)}
+    if "abs_rel_error" in rows:
+        scores["median_abs_rel_error"] = float(rows["abs_rel_error"].median())
+    else:  # accuracies: errors in accuracy points, not relative to a fraction near zero
+        scores["mean_abs_error"] = float(rows["abs_error"].mean())
     scores.update({f"coverage_{level}": float(rows[f"covered_{level}"].mean()) for level, _, _ in INTERVALS})
     scores["mean_crps"] = float(rows["crps"].mean())
-    scores["mean_rel_width_95"] = float(rows["rel_width_95"].mean())
+    if "rel_width_95" in rows:
+        scores["mean_rel_width_95"] = float(rows["rel_width_95"].mean())
+    else:
+        scores["mean_width_95"] = float(rows["width_95"].mean())
     return scores
 
 
@@ -180,12 +192,14 @@ def backtest(
     kept, held_out = _kept_rows(data, cutoff_flops, family, keep_sizes)
     fitted = fit(RunTable(data[kept], source=f"{runs.source} without {held_out}"), model, seed=seed, **fit_options)
     unseen = sorted(set(data.loc[~kept, "family"]) - set(fitted.families))
-    if unseen and not fitted.spec.hierarchical:
+    if unseen and not isinstance(fitted, DownstreamFit) and not fitted.spec.hierarchical:
         raise DataError(
             f"families {unseen} have no fitted observation, and card {fitted.spec.name!r} cannot "
             "predict a family it has not seen; lower the cutoff, drop those families, or use a "
             "hierarchical card (which predicts them as new families drawn from the population)"
         )
+    if isinstance(fitted, DownstreamFit):
+        return Backtest(rows=_accuracy_rows(fitted, data[~kept], seed), fit=fitted, held_out=held_out)
     largest = data[kept].groupby("family")[["params", "flops"]].max().reindex(sorted(set(data["family"])))
     frames = []
     for name, part in data[~kept].groupby("family", sort=False):
@@ -205,3 +219,37 @@ def backtest(
         table["rel_width_95"] = (table["q97.5"] - table["q2.5"]) / table["q50"]
         frames.append(table.drop(columns="draws"))
     return Backtest(rows=pd.concat(frames, ignore_index=True), fit=fitted, held_out=held_out)
+
+
+def _accuracy_rows(fitted: DownstreamFit, held: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Score a downstream fit's predictions of held-out evaluations (accuracy an evaluation on
+    the row's own ``n_items`` would observe); errors are in accuracy points."""
+    unseen = sorted(set(held["task"].astype(str)) - set(fitted.tasks))
+    if unseen:
+        raise DataError(
+            f"tasks {unseen[:6]} have no fitted evaluation, so their rise cannot be predicted; lower the "
+            "cutoff or drop those tasks"
+        )
+    if "correct" in held and "n_items" in held:
+        held = held.assign(accuracy=held["correct"] / held["n_items"])
+    fitted_flops = fitted.observed().groupby("family")["flops"].max()
+    frames = []
+    keys = ["family", "task"] + (["n_items"] if "n_items" in held else [])
+    for key, part in held.groupby(keys, sort=False):
+        family, task = str(key[0]), str(key[1])
+        as_family = family if family in fitted.families else NEW_FAMILY
+        n_items = key[2] if len(key) > 2 else None
+        values = fitted.accuracy_draws(part["flops"].to_numpy(dtype=float), task, as_family, noise=True, n_items=n_items, seed=seed)
+        table = pd.DataFrame({"flops": part["flops"].to_numpy(dtype=float), "task": task, "family": family, "quantity": "accuracy", "mean": values.mean(axis=0)})
+        for label, q in QUANTILES.items():
+            table[label] = np.quantile(values, q, axis=0)
+        observed = part["accuracy"].to_numpy(dtype=float)
+        table["flops_ratio"] = table["flops"] / fitted_flops.get(family, np.nan)
+        table["observed"] = observed
+        table["abs_error"] = np.abs(table["q50"] - observed)
+        for level, lower, upper in INTERVALS:
+            table[f"covered_{level}"] = (table[lower] <= observed) & (observed <= table[upper])
+        table["crps"] = [crps_from_draws(values[:, j], y) for j, y in enumerate(observed)]
+        table["width_95"] = table["q97.5"] - table["q2.5"]
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)

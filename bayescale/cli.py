@@ -20,8 +20,15 @@ EXIT_BAD_INPUT = 2
 
 
 def _rows(frame: pd.DataFrame) -> list[dict]:
+    """JSON-ready records; infinite values (an emergence threshold never reached) are kept as
+    ``Infinity``, which Python's json reads back, rather than turned into ``null``."""
     frame = frame.drop(columns=[c for c in ("draws",) if c in frame])
-    return json.loads(frame.to_json(orient="records", double_precision=15))
+    records = json.loads(frame.to_json(orient="records", double_precision=15))
+    for record, (_, row) in zip(records, frame.iterrows()):
+        for column, value in row.items():
+            if isinstance(value, float) and np.isinf(value):
+                record[column] = float(value)
+    return records
 
 
 def _emit(payload: dict, table: pd.DataFrame, fmt: str) -> None:
@@ -87,8 +94,28 @@ def _cmd_summary(args) -> None:
 
 def _cmd_predict(args) -> None:
     import bayescale as bs
+    from .downstream import DownstreamFit
 
-    table = bs.load(args.fit).predict(params=args.params, tokens=args.tokens, flops=args.flops, family=args.family, noise=args.noise)
+    result = bs.load(args.fit)
+    if isinstance(result, DownstreamFit):
+        if args.flops is None or args.params is not None or args.tokens is not None:
+            raise ValueError("a downstream fit predicts accuracy from compute: give --flops (and --task; default every task)")
+        table = result.predict(flops=args.flops, task=args.task, family=args.family, noise=args.noise)
+    else:
+        if args.task is not None:
+            raise ValueError(f"{args.fit} is a loss fit, which has no tasks; fit a downstream card (e.g. --model downstream-sigmoid) to predict accuracy")
+        table = result.predict(params=args.params, tokens=args.tokens, flops=args.flops, family=args.family, noise=args.noise)
+    _emit({"rows": _rows(table)}, table, args.format)
+
+
+def _cmd_emergence(args) -> None:
+    import bayescale as bs
+    from .downstream import DownstreamFit
+
+    result = bs.load(args.fit)
+    if not isinstance(result, DownstreamFit):
+        raise ValueError(f"{args.fit} is a loss fit; emergence needs a downstream fit (bayescale fit EVALS.csv --model downstream-sigmoid)")
+    table = bs.emergence(result, delta=args.delta, fraction=args.fraction, by_flops=args.by_flops, family=args.family)
     _emit({"rows": _rows(table)}, table, args.format)
 
 
@@ -158,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("fit", help="fit a model card to a runs CSV and save the posterior")
     p.add_argument("runs", help="CSV of runs, one row per observation (columns: params, tokens, loss, ...)")
-    p.add_argument("--model", default="chinchilla", help="card name (chinchilla, compute-power-law, kaplan) or path to a .toml card")
+    p.add_argument("--model", default="chinchilla", help="card name (chinchilla, compute-power-law, kaplan; downstream-sigmoid, loss-to-accuracy, downstream-exponential for task accuracies) or path to a .toml card")
     p.add_argument("--out", required=True, help="where to write the fit (netCDF, e.g. fit.nc); a folder with --by")
     p.add_argument("--target-accept", type=float, default=None, help="NUTS target acceptance (default: the card's, usually 0.8; raise to 0.95 on divergences)")
     p.add_argument("--by", help="fit each group of this column (task, family, ...) separately, many per compiled program")
@@ -180,9 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=float, nargs="+", help="training token count(s) D")
     p.add_argument("--flops", type=float, nargs="+", help="training compute C (= 6 N D when N or D is missing)")
     p.add_argument("--family", help="family to predict for")
-    p.add_argument("--noise", action="store_true", help="include observation noise (the loss a new run would show)")
+    p.add_argument("--task", nargs="+", help="downstream fits: task(s) to predict accuracy for (default: every task)")
+    p.add_argument("--noise", action="store_true", help="include observation noise (the loss a new run would show; the accuracy an evaluation would score)")
     _add_format(p)
     p.set_defaults(func=_cmd_predict)
+
+    p = commands.add_parser("emergence", help="compute (and loss) at which each task of a downstream fit takes off")
+    p.add_argument("fit", help="a downstream fit saved by `bayescale fit --model downstream-sigmoid`")
+    threshold = p.add_mutually_exclusive_group()
+    threshold.add_argument("--delta", type=float, help="threshold as an accuracy above chance (e.g. 0.05)")
+    threshold.add_argument("--fraction", type=float, help="threshold as a fraction of each task's headroom above chance (default 0.1)")
+    p.add_argument("--by-flops", type=float, help="report P(emerged by this compute) (default: the largest fitted compute)")
+    p.add_argument("--family", help="family (default: the only one, or the population's typical family; 'new' for an unseen one)")
+    _add_format(p)
+    p.set_defaults(func=_cmd_emergence)
 
     p = commands.add_parser("optimal", help="compute-optimal parameters and tokens at a budget")
     p.add_argument("fit", help="a fit saved by `bayescale fit`")

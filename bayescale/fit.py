@@ -21,7 +21,8 @@ from .engine import Settings, devices_for, enable_compilation_cache, sampler_for
 from .hierarchy import NonCentredStart, check_families, choose_centring, family_parameters, groups_of, layout_of, make_hierarchical_model, population_draws, run_spread_problem, simulate_rows
 from .model import centre_of, centred_inputs, make_model
 from .predict import check_family, optimal_allocation, predict_loss, simulate_log_loss
-from .spec import ModelSpec
+from .downstream import DownstreamFit, DownstreamSpec, downstream_diagnostics, fit_downstream
+from .spec import ModelSpec, is_downstream, load_card
 
 #: Quantiles reported by summary (DESIGN.md section 9).
 SUMMARY_QUANTILES = {"q2.5": 0.025, "q50": 0.5, "q97.5": 0.975}
@@ -29,7 +30,7 @@ SUMMARY_QUANTILES = {"q2.5": 0.025, "q50": 0.5, "q97.5": 0.975}
 
 def fit(
     runs: RunTable | pd.DataFrame,
-    model: str | Path | ModelSpec = "chinchilla",
+    model: "str | Path | ModelSpec | DownstreamSpec" = "chinchilla",
     *,
     seed: int = 0,
     num_chains: int = 4,
@@ -39,7 +40,7 @@ def fit(
     chain_method: str = "auto",
     max_tree_depth: int = 10,
     progress: bool = True,
-) -> "Fit":
+) -> "Fit | DownstreamFit":
     """Fit a scaling-law model card to runs with NUTS.
 
     Parameters
@@ -47,8 +48,9 @@ def fit(
     runs
         The observations (a :class:`~bayescale.RunTable`, or a DataFrame that is validated into one).
     model
-        A bundled card name (``"chinchilla"``, ``"compute-power-law"``, ``"kaplan"``), a path to a
-        TOML card, or a :class:`~bayescale.spec.ModelSpec`.
+        A bundled card name (``"chinchilla"``, ``"compute-power-law"``, ``"kaplan"``; downstream
+        accuracy: ``"downstream-sigmoid"``, ``"loss-to-accuracy"``, ``"downstream-exponential"``),
+        a path to a TOML card, or a parsed card.
     seed
         Seed of every random choice (optimiser starts, NUTS, posterior predictive draws).
     num_chains, num_warmup, num_samples
@@ -66,19 +68,23 @@ def fit(
 
     Returns
     -------
-    Fit
-        The posterior as arviz InferenceData, with diagnostics. Problems found by the
-        diagnostics are also issued as :class:`~bayescale.diagnostics.SamplerWarning`.
+    Fit or DownstreamFit
+        The posterior as arviz InferenceData, with diagnostics (a
+        :class:`~bayescale.downstream.DownstreamFit` for a downstream card). Problems found by
+        the diagnostics are also issued as :class:`~bayescale.diagnostics.SamplerWarning`.
 
     Raises
     ------
     bayescale.data.DataError
-        If the runs cannot identify the card's law (missing columns, one size only, ...).
+        If the runs cannot identify the card's law (missing columns, one size only, a task
+        evaluated on one model, ...).
     """
     if not isinstance(runs, RunTable):
         runs = RunTable(runs)
-    spec = ModelSpec.load(model)
+    spec = load_card(model)
     settings = Settings(num_chains, num_warmup, num_samples, target_accept or spec.target_accept, max_tree_depth)
+    if isinstance(spec, DownstreamSpec):
+        return fit_downstream(runs, spec, seed=seed, settings=settings, chain_method=chain_method, progress=progress)
     if spec.hierarchical:
         check_families(runs, spec)
     else:
@@ -115,6 +121,19 @@ def fit(
         if problem:
             warnings.warn(problem, ModelWarning, stacklevel=2)
     return Fit(idata=idata, spec=spec, diagnostics=diagnostics)
+
+
+def summary_rows(entries: list[tuple[str, np.ndarray]]) -> list[dict]:
+    """Summary rows (:meth:`Fit.summary`'s columns) of named draws, each of shape ``(chain, draw)``."""
+    rows = []
+    for name, draws in entries:
+        flat = draws.reshape(-1)
+        row = {"parameter": name, "mean": flat.mean(), "sd": flat.std(ddof=1)}
+        row.update({label: np.quantile(flat, q) for label, q in SUMMARY_QUANTILES.items()})
+        row["r_hat"] = float(az.rhat(draws)) if draws.shape[0] > 1 else float("nan")
+        row["ess_bulk"], row["ess_tail"] = float(az.ess(draws, method="bulk")), float(az.ess(draws, method="tail"))
+        rows.append(row)
+    return rows
 
 
 def _typical(prior) -> float:
@@ -281,24 +300,16 @@ class Fit:
         else:
             names = [*law.reported, *self.spec.noise_parameters]
         posterior = self.idata.posterior[names]
-        r_hat = az.rhat(posterior) if posterior.sizes["chain"] > 1 else None
-        ess_bulk, ess_tail = az.ess(posterior, method="bulk"), az.ess(posterior, method="tail")
-        rows = []
+        entries = []
         for name in names:
             values = posterior[name]
             extra = [d for d in values.dims if d not in ("chain", "draw")]
-            labels = values[extra[0]].values if extra else [None]
-            for label in labels:
-                pick = {extra[0]: label} if extra else {}
-                draws = values.sel(pick).values.reshape(-1)
+            for label in values[extra[0]].values if extra else [None]:
                 base = name.removesuffix("_population")
                 tag = "population" if name.endswith("_population") else label
-                row = {"parameter": base if tag is None else f"{base}[{tag}]", "mean": draws.mean(), "sd": draws.std(ddof=1)}
-                row.update({q_label: np.quantile(draws, q) for q_label, q in SUMMARY_QUANTILES.items()})
-                row["r_hat"] = float(r_hat[name].sel(pick)) if r_hat is not None else float("nan")
-                row["ess_bulk"], row["ess_tail"] = float(ess_bulk[name].sel(pick)), float(ess_tail[name].sel(pick))
-                rows.append(row)
-        return pd.DataFrame(rows)
+                chosen = values.sel({extra[0]: label}) if extra else values
+                entries.append((base if tag is None else f"{base}[{tag}]", chosen.values))
+        return pd.DataFrame(summary_rows(entries))
 
     def parameter_draws(self, family: str | None = None, *, seed: int = 0) -> dict[str, np.ndarray]:
         """Draws of the law's parameters for a family, and of a new observation's noise.
@@ -365,5 +376,8 @@ def load(path: str | Path) -> Fit:
         card = idata.attrs["model_card"]
     except (OSError, KeyError, AttributeError, ValueError) as err:
         raise ValueError(f"{path} is not a bayescale fit ({err}); make one with `bayescale fit`") from None
+    if is_downstream(card):
+        spec = DownstreamSpec.from_toml(card, where=f"model card stored in {path}")
+        return DownstreamFit(idata=idata, spec=spec, diagnostics=downstream_diagnostics(idata, spec))
     spec = ModelSpec.from_toml(card, where=f"model card stored in {path}")
     return Fit(idata=idata, spec=spec, diagnostics=diagnose(idata, list(spec.sampled_parameters)))

@@ -297,8 +297,11 @@ class NonCentredStart:
         return {**latent, "family_raw": raw}
 
 
-def choose_centring(sampler, args: tuple) -> np.ndarray:
+def choose_centring(sampler, args: tuple, site: str = "family_raw") -> np.ndarray:
     """lambda of each family coordinate, shape (F, Kv): the share of its precision due to the data.
+
+    ``site`` names the offsets, shape (groups, coordinates): ``family_raw`` here, ``task_raw``
+    for the tasks of :mod:`bayescale.downstream`.
 
     At the non-centred posterior mode an offset ``z`` (prior variance 1) has, given the
     population (mu, tau) and the other families, a Laplace posterior variance
@@ -307,7 +310,7 @@ def choose_centring(sampler, args: tuple) -> np.ndarray:
     can be sharply curved with the others held fixed and still loosely pinned.
     """
     _, hessian, positions = sampler.laplace(args)
-    blocks = positions["family_raw"]  # (F, Kv) positions in the flat vector
+    blocks = positions[site]  # (F, Kv) positions in the flat vector
     variance = np.stack([np.diag(_inverse(hessian[np.ix_(rows, rows)])) for rows in blocks])
     return np.clip(1.0 - variance, 0.0, 1.0)
 

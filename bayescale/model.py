@@ -65,6 +65,8 @@ def make_model(spec: ModelSpec):
         log values (one per observation); ``log_loss`` are the observed log losses,
         or ``None`` to simulate them from the prior; ``mask`` (booleans) leaves out
         the padding rows of a data set batched with larger ones (:mod:`bayescale.parallel`).
+        It returns the law's parameters, so that a downstream card can fit it jointly
+        (:mod:`bayescale.downstream`).
     """
     law = spec.law
     priors = {name: prior.to_numpyro() for name, prior in spec.priors.items()}
@@ -100,5 +102,6 @@ def make_model(spec: ModelSpec):
             noise = dist.Normal(mean, sigma)
         with numpyro.plate("obs", mean.shape[0]), numpyro.handlers.mask(mask=True if mask is None else mask):
             numpyro.sample("log_loss", noise, obs=log_loss)
+        return theta
 
     return model

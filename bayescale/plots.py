@@ -1,7 +1,8 @@
 """Figures of a fit. The only module that imports matplotlib.
 
-Every function takes a :class:`~bayescale.Fit`, draws on the given axes (or new
-ones) and returns the matplotlib Figure.
+Every function takes a :class:`~bayescale.Fit` (the downstream ones a
+:class:`~bayescale.DownstreamFit` or its emergence table), draws on the given axes
+(or new ones) and returns the matplotlib Figure.
 """
 
 from __future__ import annotations
@@ -236,4 +237,84 @@ def plot_fit(fit, flops=None):
     plot_loss_frontier(fit, flops, ax=axes[0, 0])
     if panels == 2:
         plot_optimal_allocation(fit, flops, ax=axes[0, 1])
+    return fig
+
+
+def plot_accuracy(fit, tasks=None, flops=None, *, family=None, columns: int = 4):
+    """Accuracy against compute, one panel per task: observed scores (by family), the
+    posterior 50% and 90% bands of the expected accuracy, and the chance line.
+
+    Parameters
+    ----------
+    fit
+        A :class:`~bayescale.DownstreamFit`.
+    tasks
+        Tasks to draw (default: every fitted task).
+    flops
+        Compute grid of the bands; default from the smallest fitted compute to ten times the largest.
+    family
+        Family of the bands (default: the only family, or ``"new"`` with several, i.e. a family
+        drawn from the population, whose band is the honest one for an unseen family).
+    columns
+        Panels per row.
+    """
+    observed = fit.observed()
+    tasks = fit.tasks if tasks is None else list(tasks)
+    if flops is None:
+        flops = np.logspace(np.log10(observed["flops"].min()), np.log10(observed["flops"].max()) + 1, 60)
+    if family is None and len(fit.families) > 1:
+        family = NEW_FAMILY
+    rows = -(-len(tasks) // columns)
+    width = min(columns, len(tasks))
+    fig, axes = plt.subplots(rows, width, figsize=(3.4 * width, 2.9 * rows), layout="constrained", squeeze=False)
+    for ax, task in zip(axes.ravel(), tasks):
+        draws = fit.accuracy_draws(flops, task, family)
+        for low, high, alpha in ((5, 95, 0.2), (25, 75, 0.35)):
+            ax.fill_between(flops, np.percentile(draws, low, axis=0), np.percentile(draws, high, axis=0), color="C0", alpha=alpha, lw=0)
+        ax.plot(flops, np.median(draws, axis=0), color="C0", lw=1.2)
+        part = observed[observed["task"] == task]
+        for k, (name, rows_of) in enumerate(part.groupby("family", sort=False)):
+            ax.scatter(rows_of["flops"], rows_of["accuracy"], s=10, color=f"C{(k + 1) % 10}", label=name, zorder=3)
+        ax.axhline(part["chance"].iloc[0], color="0.4", ls=":", lw=1, label="chance")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_flops(v, unit="")))
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(task, fontsize="small")
+        ax.set_xlabel("training compute (FLOP)", fontsize="small")
+        ax.set_ylabel("accuracy", fontsize="small")
+    for ax in axes.ravel()[len(tasks):]:
+        ax.set_visible(False)
+    axes[0, 0].legend(frameon=False, fontsize="x-small")
+    fig.suptitle(f"downstream accuracy ({fit.spec.name}): median, 50% and 90% bands" + (f", family {family}" if family else ""), fontsize="small")
+    return fig
+
+
+def plot_emergence(table, ax=None):
+    """Emergence thresholds: each task's threshold compute (90% interval, median), with the
+    midpoint of its rise, on a log compute axis.
+
+    Parameters
+    ----------
+    table
+        The result of :func:`bayescale.emergence`.
+    ax
+        Axes to draw on; new ones if omitted.
+    """
+    fig, ax = _axes(ax)
+    tasks = list(dict.fromkeys(table["task"]))
+    for quantity, colour, shift in (("threshold_flops", "C3", -0.12), ("midpoint_flops", "C0", 0.12)):
+        rows = table[table["quantity"] == quantity].set_index("task").reindex(tasks)
+        y = np.arange(len(tasks)) + shift
+        # A threshold some draws never reach has an infinite upper quantile: draw it to the edge.
+        upper = np.where(np.isfinite(rows["q95"]), rows["q95"], np.nan)
+        ax.hlines(y, rows["q5"], np.nan_to_num(upper, nan=np.nanmax(np.r_[rows["q5"], upper]) * 10), color=colour, lw=2)
+        ax.scatter(rows["q50"], y, color=colour, s=18, zorder=3, label=quantity.replace("_flops", "").replace("threshold", f"threshold ({rows['definition'].iloc[0]})"))
+    by = float(table["by_flops"].iloc[0])
+    ax.axvline(by, color="0.4", ls=":", lw=1, label=f"largest fitted compute ({format_flops(by)})")
+    ax.set_yticks(np.arange(len(tasks)), tasks, fontsize="small")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_flops(v, unit="")))
+    ax.set_xlabel("training compute (FLOP); bars: 90% intervals")
+    ax.legend(frameon=False, fontsize="x-small", loc="lower right")
+    ax.set_title("when does each task take off?", fontsize="small")
     return fig

@@ -143,6 +143,8 @@ class ModelSpec:
             card = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
             raise ValueError(f"{where} is not valid TOML: {err}") from None
+        if card.get("kind") == "downstream":
+            raise ValueError(f"{where} is a downstream card; load it with bayescale.spec.load_card (bayescale.fit does)")
         for key in ("name", "law", "priors", "likelihood"):
             if key not in card:
                 raise ValueError(f"{where} has no {key!r} entry; see models/chinchilla.toml for a complete card")
@@ -176,21 +178,47 @@ class ModelSpec:
 
     @classmethod
     def load(cls, model: "str | Path | ModelSpec") -> "ModelSpec":
-        """Load a card by bundled name (``"chinchilla"``) or by path to a TOML file."""
+        """Load a loss card by bundled name (``"chinchilla"``) or by path to a TOML file."""
         if isinstance(model, ModelSpec):
             return model
-        path = Path(model)
-        if path.suffix == ".toml" or path.exists():
-            if not path.exists():
-                raise ValueError(f"model card file {path} does not exist")
-            return cls.from_toml(path.read_text(), where=str(path))
-        bundled = cards_dir() / f"{model}.toml"
-        if not bundled.exists():
-            raise ValueError(
-                f"no model card named {str(model)!r}; bundled cards: {', '.join(available_cards())} "
-                "(or give a path to a .toml card)"
-            )
-        return cls.from_toml(bundled.read_text(), where=f"card {model!r}")
+        return cls.from_toml(*card_text(model))
+
+
+def card_text(model: "str | Path") -> tuple[str, str]:
+    """A card's TOML text and a description of where it came from, by bundled name or path."""
+    path = Path(model)
+    if path.suffix == ".toml" or path.exists():
+        if not path.exists():
+            raise ValueError(f"model card file {path} does not exist")
+        return path.read_text(), str(path)
+    bundled = cards_dir() / f"{model}.toml"
+    if not bundled.exists():
+        raise ValueError(
+            f"no model card named {str(model)!r}; bundled cards: {', '.join(available_cards())} "
+            "(or give a path to a .toml card)"
+        )
+    return bundled.read_text(), f"card {model!r}"
+
+
+def load_card(model):
+    """Load any card: a :class:`ModelSpec` for loss cards, a
+    :class:`~bayescale.downstream.DownstreamSpec` for cards with ``kind = "downstream"``."""
+    from .downstream import DownstreamSpec
+
+    if isinstance(model, (ModelSpec, DownstreamSpec)):
+        return model
+    text, where = card_text(model)
+    if is_downstream(text):
+        return DownstreamSpec.from_toml(text, where)
+    return ModelSpec.from_toml(text, where)
+
+
+def is_downstream(text: str) -> bool:
+    """Whether a card's TOML text declares ``kind = "downstream"`` (invalid TOML: no)."""
+    try:
+        return tomllib.loads(text).get("kind") == "downstream"
+    except tomllib.TOMLDecodeError:
+        return False
 
 
 def _parse_pooling(section, law: Law, where: str) -> dict[str, Pooling] | None:

@@ -16,6 +16,10 @@ DATASETS = {
         "chinchilla.csv",
         "Chinchilla final losses, 245 runs, 57M-16B params (Hoffmann et al. 2022 Fig. 4, reconstructed by Epoch AI, Besiroglu et al. 2024)",
     ),
+    "pythia_evals": (
+        "pythia_evals.csv",
+        "Pythia zero-shot accuracies on 8 tasks, 15 models (70M-12B, standard and deduplicated data), 14 checkpoints each (Biderman et al. 2023)",
+    ),
 }
 
 
@@ -25,7 +29,7 @@ def load(name: str, *, drop_flagged_outliers: bool = False) -> RunTable:
     Parameters
     ----------
     name
-        A key of :data:`DATASETS` (``"chinchilla"``).
+        A key of :data:`DATASETS` (``"chinchilla"``, ``"pythia_evals"``).
     drop_flagged_outliers
         Chinchilla only: drop the 5 points Epoch AI excludes as outliers, as their
         published fit does (says how many on stderr).
@@ -52,6 +56,6 @@ def path(name: str) -> Path:
     return _HERE / DATASETS[name][0]
 
 
-from .simulate import simulate_runs  # noqa: E402
+from .simulate import simulate_evaluations, simulate_runs  # noqa: E402
 
-__all__ = ["DATASETS", "load", "path", "simulate_runs"]
+__all__ = ["DATASETS", "load", "path", "simulate_evaluations", "simulate_runs"]

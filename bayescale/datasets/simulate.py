@@ -211,3 +211,75 @@ def simulate_sweep(
     runs = simulate_family_losses(law, grid, family_theta, centre=centre, sigma=sigma, sigma_run=sigma_run, seed=seed + 1)
     truth = {"mu": mu, "tau": dict(spread), "centre": centre, "u": u, "theta": family_theta, "sigma": sigma, "sigma_run": sigma_run}
     return runs, truth
+
+
+def simulate_evaluations(
+    tasks: Sequence[Mapping],
+    flops: Sequence[float],
+    *,
+    families: Mapping[str, float] | None = None,
+    n_items: int = 1000,
+    concentration: float | None = None,
+    link: str = "sigmoid",
+    loss_law: Mapping[str, float] | None = None,
+    loss_sigma: float = 0.005,
+    seed: int = 0,
+) -> RunTable:
+    """Downstream scores of models at given compute, from known per-task rises.
+
+    Parameters
+    ----------
+    tasks
+        One mapping per task with ``task`` (name), ``slope``, ``chance``, ``ceiling`` and the
+        middle of its rise: ``midpoint_flops`` (compute; slope per decade of compute) or, with
+        ``loss_law``, ``midpoint_loss`` (loss; slope per nat of loss).
+    flops
+        Training compute of each evaluated model (every model is evaluated on every task).
+    families
+        Family name -> shift along the predictor (decades of compute, or nats of minus the
+        loss; a family with +0.3 decades behaves like one with twice the compute). Default:
+        one family, ``"default"``, unshifted.
+    n_items
+        Items per task; scores are counts out of this.
+    concentration
+        Beta-binomial concentration (over-dispersion); ``None`` for binomial scores.
+    link
+        An accuracy link of :mod:`bayescale.links`.
+    loss_law
+        Natural parameters ``E``, ``A``, ``alpha`` of a compute power law: accuracy then rises
+        with minus the law's loss, and each row carries the model's observed ``loss``
+        (log-normal noise ``loss_sigma``).
+    loss_sigma
+        Noise on the log of the observed loss.
+    seed
+        Seed of the scores and losses.
+
+    Returns
+    -------
+    RunTable
+        Columns ``task``, ``family``, ``flops``, ``chance``, ``correct``, ``n_items`` (and ``loss``).
+    """
+    from ..links import get_link
+
+    rise = get_link(link)
+    rng = np.random.default_rng(seed)
+    families = families or {"default": 0.0}
+    flops = np.asarray(flops, dtype=float)
+    rows = []
+    for family, shift in families.items():
+        if loss_law is not None:
+            loss = loss_law["E"] + loss_law["A"] * flops ** -loss_law["alpha"]
+            observed_loss = loss * np.exp(rng.normal(0.0, loss_sigma, size=loss.shape))
+        for spec in tasks:
+            if loss_law is None:
+                x, midpoint = np.log10(flops) + shift, np.log10(spec["midpoint_flops"])
+            else:
+                x, midpoint = -loss + shift, -spec["midpoint_loss"]
+            p = np.asarray(rise.accuracy(x, midpoint, spec["slope"], spec["chance"], spec["ceiling"]))
+            if concentration is not None:
+                p = rng.beta(p * concentration, (1.0 - p) * concentration)
+            columns = {"task": spec["task"], "family": family, "flops": flops, "chance": spec["chance"], "correct": rng.binomial(n_items, p), "n_items": n_items}
+            if loss_law is not None:
+                columns["loss"] = observed_loss
+            rows.append(pd.DataFrame(columns))
+    return RunTable(pd.concat(rows, ignore_index=True), source=f"simulated {link} evaluations")
