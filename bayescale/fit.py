@@ -359,8 +359,14 @@ class Fit:
         return path
 
 
-def load(path: str | Path) -> Fit:
-    """Read a fit saved by :meth:`Fit.save`, rebuilding its model card from the stored text.
+def load(path: str | Path) -> "Fit | DownstreamFit":
+    """Read a fit saved by :meth:`Fit.save` (or :meth:`DownstreamFit.save`), rebuilding its
+    model card from the stored text.
+
+    Returns
+    -------
+    Fit or DownstreamFit
+        A :class:`~bayescale.downstream.DownstreamFit` for a downstream card.
 
     Raises
     ------

@@ -32,7 +32,7 @@ from .diagnostics import SamplerWarning, diagnose
 from .engine import Settings, devices_for_batches, enable_compilation_cache, sampler_for, say
 from .fit import Fit, check_identifiable, to_inference_data
 from .model import centre_of, centred_inputs, make_model
-from .spec import ModelSpec
+from .spec import ModelSpec, load_card
 
 
 def fit_many(
@@ -91,7 +91,12 @@ def fit_many(
     """
     if not isinstance(runs, RunTable):
         runs = RunTable(runs)
-    spec = ModelSpec.load(model)
+    spec = load_card(model)
+    if not isinstance(spec, ModelSpec):
+        raise ValueError(
+            f"card {spec.name!r} is a downstream card, which pools its tasks in one fit; use "
+            "bayescale.fit(runs, model=...) for it (fit_many batches loss cards)"
+        )
     if spec.hierarchical:
         raise ValueError(
             f"card {spec.name!r} pools its groups in one fit, and fit_many fits each group on its own; "

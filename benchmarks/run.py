@@ -41,10 +41,21 @@ refit, and again), that grid, and random candidates. Their outcomes are drawn
 from the truth, the card is refitted, and the target's 95% interval width, error and
 coverage are compared.
 
+Workload ``downstream`` (issue 4): (a) Pythia (bundled ``pythia_evals``, Biderman et al. 2023):
+final checkpoints of the models up to 1.4B (both suites, 8 zero-shot tasks) are fitted with
+``downstream-sigmoid``; the 2.8B, 6.9B and 12B accuracies are predicted (an evaluation's
+observed accuracy, so binomial and over-dispersion noise included) and scored, against two
+point baselines: the 1.4B model's accuracy (persistence) and a straight line in log compute
+through the two largest fitted models. (b) Simulated emergent worlds: 6 families (shifts of
+sd 0.3 decades), 6 steep tasks (slope 3-10 per decade, midpoints 10^21.5-10^24 FLOP, chance
+0, 0.25 or 0.5), 8 models per family, 500 items, Beta-binomial scores; fitted below 2e22 FLOP,
+everything above predicted: 90% interval coverage, mean absolute error, and whether every
+task gets an ordered emergence interval.
+
 Figures: wall time, min bulk ESS, ESS/s, ESS per 1,000 gradient evaluations (sampling phase),
 R-hat, peak memory. Results: benchmarks/results/<workload>.json and .md.
 
-Usage: python benchmarks/run.py [--workload chinchilla|many|hierarchical|borrowing|real-pooling|design|all] [--bootstrap 200] [--seed 0] [--worlds 3]
+Usage: python benchmarks/run.py [--workload chinchilla|many|hierarchical|borrowing|real-pooling|design|downstream|all] [--bootstrap 200] [--seed 0] [--worlds 3]
 """
 
 from __future__ import annotations
@@ -62,6 +73,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import scipy.optimize
 from scipy.special import logsumexp
 
@@ -347,6 +359,7 @@ def many(args, tasks: int = 64) -> dict:
 HIERARCHICAL_PROCESS = """
 import json, resource, sys, time, warnings
 import numpy as np
+import pandas as pd
 import bayescale as bs
 from bayescale.datasets.simulate import simulate_sweep
 world = int(sys.argv[1])
@@ -630,6 +643,90 @@ def design(args) -> dict:
     return _write("design", result, lines)
 
 
+def _pythia_baselines(fitted, held):
+    """Point predictions of held-out accuracies: the largest fitted model's (persistence), and a
+    line in log10 compute through the two largest fitted models of the family and task."""
+    persistence, trend = [], []
+    for _, row in held.iterrows():
+        part = fitted[(fitted["family"] == row["family"]) & (fitted["task"] == row["task"])].sort_values("flops")
+        (x0, y0), (x1, y1) = [(np.log10(r["flops"]), r["correct"] / r["n_items"]) for _, r in part.tail(2).iterrows()]
+        persistence.append(y1)
+        trend.append(float(np.clip(y1 + (y1 - y0) / (x1 - x0) * (np.log10(row["flops"]) - x1), 0.0, 1.0)))
+    return np.asarray(persistence), np.asarray(trend)
+
+
+def _emergent_world(seed: int):
+    rng = np.random.default_rng(seed)
+    tasks = [
+        dict(task=f"t{i}", midpoint_flops=10 ** rng.uniform(21.5, 24), slope=rng.uniform(3, 10), chance=float(rng.choice([0.0, 0.25, 0.5])), ceiling=rng.uniform(0.7, 0.95))
+        for i in range(6)
+    ]
+    frames = []
+    for j in range(6):
+        flops = np.logspace(19 + rng.uniform(0, 1), 23.5 + rng.uniform(0, 1), 8)
+        runs = bs.datasets.simulate_evaluations(tasks, flops, families={f"f{j}": rng.normal(0, 0.3)}, n_items=500, concentration=300, seed=100 * seed + j)
+        frames.append(runs.data)
+    return pd.concat(frames, ignore_index=True)
+
+
+def downstream(args) -> dict:
+    """Pythia backtest and simulated emergent worlds (module docstring)."""
+    rows = []
+    data = bs.datasets.load("pythia_evals").data
+    data = data[data["is_final"]]
+    cutoff = 2.79e21  # between the 1.4B (2.5e21 FLOP) and 2.8B (5.0e21) models
+    started = time.perf_counter()
+    result = bs.backtest(data, "downstream-sigmoid", cutoff_flops=cutoff, seed=args.seed, num_samples=2000, progress=False)
+    seconds = time.perf_counter() - started
+    held = data[data["flops"] >= cutoff].reset_index(drop=True)
+    predicted = result.rows.set_index(["family", "task", "flops"]).loc[list(zip(held["family"], held["task"], held["flops"].astype(float)))]
+    observed = (held["correct"] / held["n_items"]).to_numpy()
+    persistence, trend = _pythia_baselines(data[data["flops"] < cutoff], held)
+    table = pd.DataFrame({"task": held["task"], "bayes": np.abs(predicted["q50"].to_numpy() - observed), "persistence": np.abs(persistence - observed), "trend": np.abs(trend - observed), "covered_90": predicted["covered_90"].to_numpy(), "width_90": (predicted["q95"] - predicted["q5"]).to_numpy()})
+    for task, part in [("all", table), *table.groupby("task")]:
+        rows.append({"workload": "pythia", "task": task, "n": len(part), "mae": float(part["bayes"].mean()), "mae_persistence": float(part["persistence"].mean()), "mae_trend": float(part["trend"].mean()), "coverage_90": float(part["covered_90"].mean()), "mean_width_90": float(part["width_90"].mean())})
+    diagnostics = result.fit.diagnostics
+    pythia = {"seconds": seconds, "divergences": diagnostics.divergences, "max_r_hat": diagnostics.max_r_hat, "min_ess_bulk": diagnostics.min_ess_bulk, "min_ess_tail": diagnostics.min_ess_tail}
+    print(pythia, flush=True)
+    worlds = []
+    for world in range(args.worlds):
+        data = _emergent_world(world)
+        started = time.perf_counter()
+        result = bs.backtest(data, "downstream-sigmoid", cutoff_flops=2e22, seed=args.seed, progress=False)
+        table = bs.emergence(result.fit)
+        ordered = bool(np.all(np.diff(table[["q2.5", "q5", "q25", "q50", "q75", "q95", "q97.5"]].to_numpy(), axis=1) >= 0))
+        summary = result.summary().iloc[0]
+        worlds.append({
+            "world": world, "n": int(summary["n"]), "mae": float(summary["mean_abs_error"]), "coverage_90": float(summary["coverage_90"]),
+            "coverage_95": float(summary["coverage_95"]), "mean_width_95": float(summary["mean_width_95"]), "ordered_emergence": ordered,
+            "seconds": time.perf_counter() - started, "divergences": result.fit.diagnostics.divergences, "max_r_hat": result.fit.diagnostics.max_r_hat,
+        })
+        print(worlds[-1], flush=True)
+    out = {"machine": _machine(), "pythia": {**pythia, "rows": rows}, "emergent_worlds": worlds}
+    lines = [
+        "Pythia (bundled pythia_evals, final checkpoints): fit the models up to 1.4B, predict 2.8B, 6.9B, 12B (both suites).",
+        f"downstream-sigmoid, 4 chains x 2000 draws: {pythia['seconds']:.0f} s, {pythia['divergences']} divergences, max R-hat {pythia['max_r_hat']:.3f}, "
+        f"min bulk/tail ESS {pythia['min_ess_bulk']:.0f}/{pythia['min_ess_tail']:.0f}.",
+        "",
+        "| task | held out | mean abs. error | persistence (1.4B) | log-linear trend | 90% coverage | mean 90% width |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['task']} | {r['n']} | {r['mae']:.3f} | {r['mae_persistence']:.3f} | {r['mae_trend']:.3f} | {r['coverage_90']:.2f} | {r['mean_width_90']:.3f} |" for r in rows]
+    lines += [
+        "",
+        "Simulated emergent worlds (6 families, 6 steep tasks, fitted below 2e22 FLOP, everything above predicted):",
+        "",
+        "| world | held out | mean abs. error | 90% coverage | 95% coverage | mean 95% width | ordered emergence intervals | divergences | max R-hat | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {w['world']} | {w['n']} | {w['mae']:.3f} | {w['coverage_90']:.2f} | {w['coverage_95']:.2f} | {w['mean_width_95']:.3f} | {w['ordered_emergence']} | {w['divergences']} | {w['max_r_hat']:.3f} | {w['seconds']:.0f} |"
+        for w in worlds
+    ]
+    lines += ["", f"Machine: {out['machine']}."]
+    return _write("downstream", out, lines)
+
+
 def _interval(pair):
     return f"{pair[0]:.3f}-{pair[1]:.3f}"
 
@@ -650,7 +747,7 @@ def _write(name, result, lines):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=("chinchilla", "many", "hierarchical", "borrowing", "real-pooling", "design", "all"), default="all")
+    parser.add_argument("--workload", choices=("chinchilla", "many", "hierarchical", "borrowing", "real-pooling", "design", "downstream", "all"), default="all")
     parser.add_argument("--worlds", type=int, default=3, help="simulated worlds of the hierarchical workload")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default 200)")
     parser.add_argument("--seed", type=int, default=0)
@@ -667,3 +764,5 @@ if __name__ == "__main__":
         real_pooling(arguments)
     if arguments.workload in ("design", "all"):
         design(arguments)
+    if arguments.workload in ("downstream", "all"):
+        downstream(arguments)

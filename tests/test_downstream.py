@@ -231,3 +231,8 @@ def test_backtest_of_accuracies(backtest_result):
     summary = backtest_result.summary()
     assert {"mean_abs_error", "coverage_90", "mean_width_95"} <= set(summary.columns)
     assert summary["mean_abs_error"].iloc[0] < 0.15
+
+
+def test_fit_many_points_to_fit_for_downstream_cards(evals):
+    with pytest.raises(ValueError, match="downstream card"):
+        bs.fit_many(evals, by="task", model="downstream-sigmoid")
