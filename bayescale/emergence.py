@@ -56,9 +56,9 @@ def emergence(
         Compute at which to report ``p_emerged_by``; default: the largest fitted compute
         (has the task emerged within the data?).
     family
-        A fitted family, ``"new"`` for an unseen family, or ``None`` for the only family of
-        a single-family fit (with several families, ``None`` means the population's typical
-        family, shift zero).
+        A fitted family, ``"new"`` for an unseen family, or ``None``: the only family of a
+        single-family fit, ``"new"`` with several (a family drawn from the population, so the
+        interval includes the spread between families).
     seed
         Seed of a new family's draws.
 
@@ -87,12 +87,8 @@ def emergence(
             raise ValueError(f"fraction is a share of the headroom, between 0 and 1; got {fraction}")
     observed = fit.observed()
     by_flops = float(observed["flops"].max()) if by_flops is None else float(by_flops)
-    if len(fit.families) > 1 and family is None:
-        offset = np.zeros_like(fit._flat("concentration"))
-        family_name = "population"
-    else:
-        offset = fit.family_offset(family, seed=seed)
-        family_name = family or fit.families[0]
+    offset = fit.family_offset(family, seed=seed)
+    family_name = fit.resolve_family(family)
     rows = []
     for task in fit.tasks:
         theta = fit.task_draws(task)

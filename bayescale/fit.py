@@ -15,11 +15,12 @@ import pandas as pd
 from . import __version__
 from ._arviz import az
 from .data import DataError, RunTable
-from .diagnostics import Diagnostics, ModelWarning, diagnose
+from .diagnostics import ModelWarning, diagnose
 from .coordinates import to_parameters
 from .engine import Settings, devices_for, enable_compilation_cache, sampler_for, say
 from .hierarchy import NonCentredStart, check_families, choose_centring, family_parameters, groups_of, layout_of, make_hierarchical_model, population_draws, run_spread_problem, simulate_rows
 from .model import centre_of, centred_inputs, make_model
+from .posterior import Posterior
 from .predict import check_family, optimal_allocation, predict_loss, simulate_log_loss
 from .downstream import DownstreamFit, DownstreamSpec, downstream_diagnostics, fit_downstream
 from .spec import ModelSpec, is_downstream, load_card
@@ -230,10 +231,11 @@ def to_inference_data(samples: dict, stats: dict, spec: ModelSpec, runs: RunTabl
 
 
 @dataclass(frozen=True)
-class Fit:
+class Fit(Posterior):
     """A fitted scaling model: posterior draws, the card that made them, and diagnostics.
 
-    Build one with :func:`fit` or :func:`load`; do not construct it directly.
+    Build one with :func:`fit` or :func:`load`; do not construct it directly. ``centre`` holds
+    the mean log inputs of the fitted data, at which the card's intercepts are stated.
 
     Attributes
     ----------
@@ -247,24 +249,7 @@ class Fit:
         Convergence diagnostics with advice.
     """
 
-    idata: object
     spec: ModelSpec
-    diagnostics: Diagnostics
-
-    @property
-    def centre(self) -> dict[str, float]:
-        """Mean log inputs of the fitted data, at which the card's intercepts are stated."""
-        return json.loads(self.idata.attrs["centre"])
-
-    @property
-    def attrs(self) -> dict:
-        """Provenance: model card, data hash, package version, seed."""
-        return dict(self.idata.attrs)
-
-    @property
-    def families(self) -> list[str]:
-        """Families present in the fitted data."""
-        return json.loads(self.idata.attrs["families"])
 
     def draws(self, names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Posterior draws with chains flattened: ``{name: array of shape (chains*draws,)}``."""
@@ -350,13 +335,6 @@ class Fit:
     def optimal(self, flops, *, family=None, draws=False, seed=0):
         """Compute-optimal allocation at a budget; see :func:`bayescale.predict.optimal_allocation`."""
         return optimal_allocation(self, flops=flops, family=family, draws=draws, seed=seed)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the fit to a netCDF file that :func:`load` reads back exactly."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.idata.to_netcdf(str(path))
-        return path
 
 
 def load(path: str | Path) -> "Fit | DownstreamFit":

@@ -262,8 +262,7 @@ def plot_accuracy(fit, tasks=None, flops=None, *, family=None, columns: int = 4)
     tasks = fit.tasks if tasks is None else list(tasks)
     if flops is None:
         flops = np.logspace(np.log10(observed["flops"].min()), np.log10(observed["flops"].max()) + 1, 60)
-    if family is None and len(fit.families) > 1:
-        family = NEW_FAMILY
+    family = fit.resolve_family(family)
     rows = -(-len(tasks) // columns)
     width = min(columns, len(tasks))
     fig, axes = plt.subplots(rows, width, figsize=(3.4 * width, 2.9 * rows), layout="constrained", squeeze=False)
@@ -285,7 +284,7 @@ def plot_accuracy(fit, tasks=None, flops=None, *, family=None, columns: int = 4)
     for ax in axes.ravel()[len(tasks):]:
         ax.set_visible(False)
     axes[0, 0].legend(frameon=False, fontsize="x-small")
-    fig.suptitle(f"downstream accuracy ({fit.spec.name}): median, 50% and 90% bands" + (f", family {family}" if family else ""), fontsize="small")
+    fig.suptitle(f"downstream accuracy ({fit.spec.name}): median, 50% and 90% bands, family {family}", fontsize="small")
     return fig
 
 

@@ -139,10 +139,7 @@ class ModelSpec:
     @classmethod
     def from_toml(cls, text: str, where: str = "model card") -> "ModelSpec":
         """Parse and check a card's TOML text."""
-        try:
-            card = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"{where} is not valid TOML: {err}") from None
+        card = parse_toml(text, where)
         if card.get("kind") == "downstream":
             raise ValueError(f"{where} is a downstream card; load it with bayescale.spec.load_card (bayescale.fit does)")
         for key in ("name", "law", "priors", "likelihood"):
@@ -169,11 +166,7 @@ class ModelSpec:
         if extra:
             raise ValueError(f"{where}: priors {sorted(extra)} are not parameters of law {law.name!r} ({kind})")
         priors = {name: Prior.from_dict(entries[name], f"{where}, prior {name!r}") for name in sorted(needed)}
-        sampler = dict(card.get("sampler", {}))
-        target_accept = sampler.pop("target_accept", 0.8)
-        sampler.pop("why", None)
-        if sampler or not (isinstance(target_accept, float) and 0 < target_accept < 1):
-            raise ValueError(f"{where}: [sampler] takes target_accept (a number between 0 and 1) and why")
+        target_accept = card_target_accept(card, where)
         return cls(card["name"], law, priors, kind, text, card.get("description", ""), pooling, target_accept)
 
     @classmethod
@@ -182,6 +175,24 @@ class ModelSpec:
         if isinstance(model, ModelSpec):
             return model
         return cls.from_toml(*card_text(model))
+
+
+def parse_toml(text: str, where: str) -> dict:
+    """A card's TOML text as a dict; ``ValueError`` naming the card where it is not valid TOML."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{where} is not valid TOML: {err}") from None
+
+
+def card_target_accept(card: Mapping, where: str) -> float:
+    """The card's ``[sampler] target_accept`` (0.8 when absent), checked."""
+    sampler = dict(card.get("sampler", {}))
+    target_accept = sampler.pop("target_accept", 0.8)
+    sampler.pop("why", None)
+    if sampler or not (isinstance(target_accept, float) and 0 < target_accept < 1):
+        raise ValueError(f"{where}: [sampler] takes target_accept (a number between 0 and 1) and why")
+    return target_accept
 
 
 def card_text(model: "str | Path") -> tuple[str, str]:

@@ -167,9 +167,15 @@ def test_predict_accuracy(downstream_fit):
     assert list(every["task"]) == downstream_fit.tasks
 
 
+def test_unnamed_family_is_a_new_one(downstream_fit):
+    unnamed = downstream_fit.predict(flops=1e21, task="late")
+    pd.testing.assert_frame_equal(unnamed, downstream_fit.predict(flops=1e21, task="late", family="new"))
+    assert bs.emergence(downstream_fit)["family"].unique().tolist() == ["new"]
+
+
 def test_predict_errors_name_the_fix(downstream_fit):
-    with pytest.raises(ValueError, match="family="):
-        downstream_fit.predict(flops=1e21, task="late")
+    with pytest.raises(ValueError, match="family='new'"):
+        downstream_fit.predict(flops=1e21, task="late", family="c")
     with pytest.raises(ValueError, match="not in the fitted data"):
         downstream_fit.predict(flops=1e21, task="nope", family="a")
     with pytest.raises(ValueError, match="positive"):
