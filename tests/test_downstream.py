@@ -242,3 +242,15 @@ def test_backtest_of_accuracies(backtest_result):
 def test_fit_many_points_to_fit_for_downstream_cards(evals):
     with pytest.raises(ValueError, match="downstream card"):
         bs.fit_many(evals, by="task", model="downstream-sigmoid")
+
+
+def test_fit_from_accuracies_without_item_counts(evals):
+    """The Beta fallback fits and predicts (tiny settings: this checks the path, not calibration)."""
+    data = evals.data
+    data = data[data["family"] == "a"].assign(accuracy=data["correct"] / data["n_items"]).drop(columns=["correct", "n_items"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = bs.fit(data, "downstream-sigmoid", seed=0, num_chains=2, num_warmup=200, num_samples=200, progress=False)
+    assert "n_items" not in fit.observed()
+    table = fit.predict(flops=[1e19, 1e21], task="late", noise=True)
+    assert np.all((table["q2.5"] >= 0) & (table["q97.5"] <= 1)) and table["q50"].iloc[1] > table["q50"].iloc[0]
