@@ -25,6 +25,16 @@ def chinchilla_grid(sizes=6, ratios=(4.0, 16.0, 64.0), low=3e7, high=3e9):
     return n, d
 
 
+@pytest.fixture(scope="module", autouse=True)
+def release_compiled_programs():
+    """Free each module's compiled programs after it: a whole suite's programs held at once
+    exceeded the kernel's limit on memory maps and crashed the run (bayescale.engine.clear_samplers)."""
+    yield
+    from bayescale.engine import clear_samplers
+
+    clear_samplers()
+
+
 @pytest.fixture(scope="session")
 def small_runs():
     n, d = chinchilla_grid()
