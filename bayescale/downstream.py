@@ -292,7 +292,12 @@ def model_inputs(evals: Evaluations, spec: DownstreamSpec, centre: Mapping[str, 
     if evals.counted:
         inputs["correct"] = jnp.asarray(frame["correct"].to_numpy(dtype=float))
         inputs["n_items"] = jnp.asarray(frame["n_items"].to_numpy(dtype=float))
+    # Sampling coordinates (see _task_coordinates): every task non-centred until choose_centring.
+    inputs["centring"] = jnp.zeros((len(evals.tasks), len(TASK_COORDINATES)))
+    inputs["onset"] = jnp.asarray(True)
+    inputs["anchor"] = jnp.asarray(centre["anchor"])
     if spec.predictor == "loss":
+        inputs["centre_loss"] = jnp.asarray(centre["loss"])
         losses = _loss_observations(frame)
         inputs["loss_x"] = {"flops": jnp.asarray(np.log(losses["flops"].to_numpy()) - centre["flops"])}
         inputs["log_loss"] = jnp.asarray(np.log(losses["loss"].to_numpy()))
@@ -426,11 +431,6 @@ def fit_downstream(runs: RunTable, spec: DownstreamSpec, *, seed: int, settings:
     evals = evaluations(runs, spec)
     centre = centre_of_evaluations(evals, spec)
     inputs = model_inputs(evals, spec, centre)
-    if spec.predictor == "loss":
-        inputs["centre_loss"] = jnp.asarray(centre["loss"])
-    inputs["centring"] = jnp.zeros((len(evals.tasks), len(TASK_COORDINATES)))
-    inputs["onset"] = jnp.asarray(True)
-    inputs["anchor"] = jnp.asarray(centre["anchor"])
     enable_compilation_cache()
     key = (spec.text, len(evals.tasks), len(evals.families))
     sampler = sampler_for(

@@ -285,7 +285,6 @@ def chinchilla(args) -> dict:
 
 def many(args, tasks: int = 64) -> dict:
     """Many small fits: one compute power law per simulated task."""
-    import pandas as pd
 
     rng = np.random.default_rng(args.seed)
     flops = np.geomspace(1e18, 1e21, 10)
@@ -485,7 +484,6 @@ def misfitting_families(path: Path = SHARED_DATA / "misfitting_losses.csv"):
     are warm-up transients, not the regime the Chinchilla law describes (they left 12-15%
     errors on fitted sizes). Rows repeated verbatim (one run logged by two sweeps) are dropped.
     """
-    import pandas as pd
 
     raw = pd.read_csv(path)
     final = raw[raw["is_final"] & raw["peak_lr"].isin([0.001, 0.002, 0.004])]
@@ -495,7 +493,6 @@ def misfitting_families(path: Path = SHARED_DATA / "misfitting_losses.csv"):
 
 def gemstones_families(path: Path = SHARED_DATA / "gemstones_losses.csv"):
     """Gemstones checkpoints as three families (schedules); ``cool_begin`` repeats ``hot`` and is left out."""
-    import pandas as pd
 
     raw = pd.read_csv(path)
     part = raw[raw["regime"].isin(["hot", "cool_end", "lr_ablation_hot"])]
@@ -552,7 +549,6 @@ def real_pooling(args) -> dict:
 
 def design(args) -> dict:
     """Designed runs vs a 20-tokens/param grid vs random, at equal compute (module docstring)."""
-    import pandas as pd
 
     from bayescale.datasets.simulate import SWEEP_TYPICAL
     from bayescale.laws import get_law
