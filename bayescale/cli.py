@@ -161,6 +161,35 @@ def _cmd_design(args) -> None:
     _emit(payload, table, args.format)
 
 
+def _cmd_report(args) -> None:
+    import bayescale as bs
+    from .downstream import DownstreamFit
+    from .report import write_report
+
+    result = bs.load(args.fit)
+    given = {k: v for k, v in (("params", args.params), ("tokens", args.tokens), ("flops", args.flops)) if v is not None}
+    lengths = {len(v) for v in given.values()}
+    if len(lengths) > 1:
+        raise ValueError("give as many --params as --tokens (one target per pair)")
+    targets = pd.DataFrame(given) if given else None
+    checked = design = None
+    if args.backtest_cutoff is not None:
+        # The fit keeps its observations (with run ids for pooled cards), so it refits as it was made.
+        print(f"bayescale: backtest: refitting {args.fit} below {args.backtest_cutoff:.3g} FLOP", file=sys.stderr)
+        sampler = dict(seed=args.seed, num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples)
+        checked = bs.backtest(result.observed(), result.spec, cutoff_flops=args.backtest_cutoff, **sampler)
+    if args.candidates is not None:
+        if isinstance(result, DownstreamFit):
+            raise ValueError("run design (--candidates) needs a loss fit; a downstream fit has no loss target")
+        if args.budget_flops is None or targets is None:
+            raise ValueError("--candidates needs --budget-flops and a target (--params and --tokens, or --flops); the first target is the design's")
+        if not Path(args.candidates).exists():
+            raise FileNotFoundError(f"no such file: {args.candidates}")
+        design = bs.suggest_runs(result, pd.read_csv(args.candidates), args.budget_flops, targets.iloc[0].to_dict(), seed=args.seed)
+    path = write_report(result, args.out, targets=targets, budgets=args.budgets, backtest=checked, design=design)
+    print(f"bayescale: wrote {path}", file=sys.stderr)
+
+
 def _cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -253,7 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_format(p)
     p.set_defaults(func=_cmd_design)
 
-    p = commands.add_parser("demo", help="fit the bundled Chinchilla data and write results and a figure")
+    p = commands.add_parser("report", help="write one self-contained HTML report of a saved fit")
+    p.add_argument("fit", help="a fit saved by `bayescale fit`")
+    p.add_argument("--out", default="report.html", help="the HTML file to write (default report.html)")
+    p.add_argument("--params", type=float, nargs="+", help="targets to predict: parameter count(s) N (with --tokens)")
+    p.add_argument("--tokens", type=float, nargs="+", help="targets to predict: training token count(s) D (with --params)")
+    p.add_argument("--flops", type=float, nargs="+", help="targets to predict: compute C (compute laws and downstream fits)")
+    p.add_argument("--budgets", type=float, nargs="+", help="budgets of the compute-optimal table (default: the three powers of ten above the data)")
+    p.add_argument("--backtest-cutoff", type=float, help="also refit below this compute and show how well the rest was predicted")
+    p.add_argument("--candidates", help="CSV of candidate runs: also show which to train next for the first target (with --budget-flops)")
+    p.add_argument("--budget-flops", type=float, help="compute the chosen next runs may spend (with --candidates)")
+    _add_sampler(p)
+    p.set_defaults(func=_cmd_report)
+
+    p = commands.add_parser("demo", help="fit the bundled Chinchilla data, backtest it, suggest next runs, and write results, figures and report.html")
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     _add_sampler(p)
     p.set_defaults(func=_cmd_demo)

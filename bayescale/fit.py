@@ -258,10 +258,13 @@ class Fit(Posterior):
         return {name: posterior[name].values.reshape(-1) for name in names}
 
     def observed(self) -> pd.DataFrame:
-        """The fitted observations as a DataFrame (``params``/``tokens``/``flops``, ``family``, ``loss``)."""
+        """The fitted observations as a DataFrame (``params``/``tokens``/``flops``, ``family``, ``loss``;
+        for hierarchical fits also ``run``, so that the frame refits to the same model)."""
         constant = self.idata.constant_data
         frame = pd.DataFrame({name: constant[name].values for name in ("params", "tokens", "flops") if name in constant})
         frame["family"] = np.asarray(self.families)[constant["family_index"].values]
+        if "run_index" in constant:
+            frame["run"] = [f"run-{k}" for k in constant["run_index"].values]
         frame["loss"] = self.idata.observed_data["loss"].values
         return frame
 

@@ -7,6 +7,8 @@ Every function takes a :class:`~bayescale.Fit` (the downstream ones a
 
 from __future__ import annotations
 
+import io
+
 import matplotlib
 
 matplotlib.use("Agg")  # file output only: no display is assumed (CI, servers)
@@ -33,6 +35,14 @@ def format_flops(value: float, unit: str = " FLOP") -> str:
     if np.isclose(exponent, round(exponent)):
         return f"1e{round(exponent)}{unit}"
     return f"{value:.1e}{unit}"
+
+
+def png_bytes(fig, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes; the figure is closed (for reports that embed many figures)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def _axes(ax):
@@ -96,7 +106,7 @@ def plot_loss_frontier(fit, flops=None, ax=None):
     return fig
 
 
-def plot_optimal_allocation(fit, flops=None, ax=None):
+def plot_optimal_allocation(fit, flops=None, ax=None, *, family=None):
     """Compute-optimal parameters and tokens against compute, with 95% posterior bands.
 
     Observed runs are drawn at their (compute, parameters) and (compute, tokens).
@@ -109,9 +119,11 @@ def plot_optimal_allocation(fit, flops=None, ax=None):
         Budgets at which to draw the bands (default as :func:`plot_loss_frontier`).
     ax
         Axes to draw on; new ones if omitted.
+    family
+        The family of the bands (hierarchical fits: a fitted family, or ``"new"``).
     """
     fig, ax = _axes(ax)
-    table = fit.optimal(_frontier_budgets(fit, flops))
+    table = fit.optimal(_frontier_budgets(fit, flops), family=family)
     observed = fit.observed()
     for colour, quantity in (("C1", "params"), ("C2", "tokens")):
         rows = table[table["quantity"] == quantity]
@@ -214,7 +226,7 @@ def plot_design(design, ax=None):
     table = design.candidates
     value = np.log10(np.clip(table["gain_per_flop"].to_numpy(dtype=float), 1e-300, None))
     points = ax.scatter(table["params"], table["tokens"], c=value, cmap="viridis", s=40)
-    fig.colorbar(points, ax=ax, label="log10 expected information per FLOP")
+    fig.colorbar(points, ax=ax, label="log10 information per FLOP")
     chosen = design.selected
     ax.scatter(chosen["params"], chosen["tokens"], s=160, facecolors="none", edgecolors="C3", linewidths=1.5, label="chosen")
     for _, row in chosen.iterrows():
@@ -226,6 +238,86 @@ def plot_design(design, ax=None):
     ax.set_xlabel("parameters")
     ax.set_ylabel("training tokens")
     ax.set_title(f"next runs for the {design.target}: 95% width {design.width_95_before:.3g} -> {design.width_95_after:.3g}", fontsize="small")
+    ax.legend(frameon=False, fontsize="small")
+    return fig
+
+
+def plot_pairs(fit, *, families=None, max_draws: int = 1000, seed: int = 0):
+    """Posterior pairs of the law's exponents (and its irreducible loss E, where it has one).
+
+    The diagonal shows each parameter's marginal; below it, draws of each pair. Elongated
+    clouds show what the data cannot separate (in Chinchilla-style fits, E trades off
+    against the exponents). A pooled fit draws each family in its own colour.
+
+    Parameters
+    ----------
+    fit
+        A loss fit.
+    families
+        Families to draw (hierarchical fits; default every fitted family).
+    max_draws
+        Draws shown per family (a random subset, for legibility).
+    seed
+        Seed of the subset.
+    """
+    law = fit.spec.law
+    names = [*law.exponents.values(), *(["e"] if "e" in law.parameters else [])]
+    labels = {"e": "E (nats)"}
+    families = list(fit.families if families is None else families) if fit.spec.hierarchical else [None]
+    size = len(names)
+    fig, axes = plt.subplots(size, size, figsize=(2.1 * size + 0.6, 2.1 * size), layout="constrained", squeeze=False)
+    rng = np.random.default_rng(seed)
+    for k, family in enumerate(families):
+        theta = fit.parameter_draws(family)
+        values = {name: np.exp(theta[name]) if name == "e" else np.asarray(theta[name]) for name in names}
+        pick = rng.permutation(values[names[0]].size)[:max_draws]
+        colour = f"C{k % 10}"
+        for i, row in enumerate(names):
+            for j, column in enumerate(names):
+                ax = axes[i, j]
+                if j > i:
+                    ax.set_visible(False)
+                elif i == j:
+                    ax.hist(values[row], bins=40, density=True, color=colour, alpha=0.5, label=family)
+                    ax.set_yticks([])
+                else:
+                    ax.scatter(values[column][pick], values[row][pick], s=3, color=colour, alpha=0.3, lw=0)
+    for i, row in enumerate(names):
+        axes[i, 0].set_ylabel(labels.get(row, row) if i > 0 else "density")
+        axes[-1, i].set_xlabel(labels.get(row, row))
+    if families != [None]:
+        axes[0, 0].legend(frameon=False, fontsize="x-small")
+    fig.suptitle("posterior pairs of the exponents", fontsize="small")
+    return fig
+
+
+def plot_backtest(backtest, ax=None):
+    """A backtest's predictions against what was observed: the predictive median and 90%
+    interval of each held-out observation, on the diagonal where the prediction was right.
+    Intervals that missed are drawn in red; the title gives the coverage.
+
+    Parameters
+    ----------
+    backtest
+        A :class:`~bayescale.Backtest`.
+    ax
+        Axes to draw on; new ones if omitted.
+    """
+    fig, ax = _axes(ax)
+    rows = backtest.rows
+    missed = ~rows["covered_90"].to_numpy(dtype=bool)
+    for mask, colour, label in ((~missed, "C0", "90% interval covers the observation"), (missed, "C3", "90% interval misses it")):
+        part = rows[mask]
+        if len(part):
+            error = np.vstack([part["q50"] - part["q5"], part["q95"] - part["q50"]])
+            ax.errorbar(part["observed"], part["q50"], yerr=error, fmt="o", ms=3, color=colour, elinewidth=1, alpha=0.7, label=label)
+    low = float(min(rows["observed"].min(), rows["q5"].min()))
+    high = float(max(rows["observed"].max(), rows["q95"].max()))
+    ax.plot([low, high], [low, high], color="0.4", ls=":", lw=1)
+    quantity = "accuracy" if "abs_error" in rows else "loss (nats)"
+    ax.set_xlabel(f"observed {quantity}")
+    ax.set_ylabel(f"predicted {quantity} (median, 90%)")
+    ax.set_title(f"backtest, held out {backtest.held_out}: {int((~missed).sum())} of {len(rows)} inside the 90% interval", fontsize="small")
     ax.legend(frameon=False, fontsize="small")
     return fig
 

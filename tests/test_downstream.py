@@ -5,6 +5,7 @@ made once and shared; recovery of known rises is in tests/recovery/test_downstre
 """
 
 import json
+import re
 import warnings
 
 import matplotlib
@@ -254,3 +255,14 @@ def test_fit_from_accuracies_without_item_counts(evals):
     assert "n_items" not in fit.observed()
     table = fit.predict(flops=[1e19, 1e21], task="late", noise=True)
     assert np.all((table["q2.5"] >= 0) & (table["q97.5"] <= 1)) and table["q50"].iloc[1] > table["q50"].iloc[0]
+
+
+def test_report_of_a_downstream_fit(backtest_result, tmp_path):
+    from bayescale.report import write_report
+
+    text = write_report(backtest_result.fit, tmp_path / "downstream.html", backtest=backtest_result).read_text(encoding="utf-8")
+    headings = re.findall(r"<h2>(.*?)</h2>", text)
+    assert headings == ["Data and posterior", "Parameters and diagnostics", "Emergence", "Predicted accuracy", "Backtest: would it have been right?", "Provenance"]
+    assert text.count("data:image/png;base64,") == 3  # accuracy panels, emergence, backtest
+    # The task that never rises within the data has emergence draws beyond any compute, shown as words.
+    assert "never" in text

@@ -1,5 +1,6 @@
 """Hierarchical cards: coordinates, the integrated run effect, structure and bad input."""
 
+import html
 import warnings
 
 import jax
@@ -204,3 +205,18 @@ def test_suggest_runs_for_a_pooled_family(small_pooled_fit):
     for family in ("b", "new"):
         design = suggest_runs(small_pooled_fit, candidates, 1e21, {"params": 7e9, "tokens": 1.4e11}, family=family)
         assert design.candidates["selected"].any() and design.width_95_after < design.width_95_before
+
+
+def test_pooled_report_and_refittable_observations(small_pooled_fit, tmp_path):
+    from bayescale.report import write_report
+
+    observed = small_pooled_fit.observed()
+    # The run ids come back, so the observations refit to the same run structure (a report's backtest).
+    assert observed.groupby("run")["family"].nunique().max() == 1
+    assert observed["run"].nunique() == len(np.unique(small_pooled_fit.idata.constant_data["run_index"].values))
+    text = write_report(small_pooled_fit, tmp_path / "pooled.html").read_text(encoding="utf-8")
+    # The short fixture run has sampler problems: each is in the warning box, in words.
+    assert 'class="box warn"' in text
+    for problem in small_pooled_fit.diagnostics.problems:
+        assert html.escape(problem) in text
+    assert "for a new family drawn from the population" in text
