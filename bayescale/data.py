@@ -103,7 +103,19 @@ class RunTable:
 
     @classmethod
     def from_csv(cls, path: str | Path, **read_csv_kwargs) -> "RunTable":
-        """Read and validate a CSV file; error messages give file line numbers."""
+        """Read and validate a CSV file; error messages give file line numbers.
+
+        Parameters
+        ----------
+        path
+            The CSV file, with a header row naming the schema's columns.
+        **read_csv_kwargs
+            Passed to :func:`pandas.read_csv` (``sep``, ``comment``, ...).
+
+        Returns
+        -------
+        RunTable
+        """
         path = Path(path)
         if not path.exists():
             raise DataError(f"no such file: {path}")
@@ -115,7 +127,17 @@ class RunTable:
 
     @classmethod
     def from_parquet(cls, path: str | Path) -> "RunTable":
-        """Read and validate a Parquet file (needs pyarrow or fastparquet)."""
+        """Read and validate a Parquet file (needs pyarrow or fastparquet).
+
+        Parameters
+        ----------
+        path
+            The Parquet file.
+
+        Returns
+        -------
+        RunTable
+        """
         path = Path(path)
         if not path.exists():
             raise DataError(f"no such file: {path}")

@@ -616,6 +616,15 @@ class DownstreamFit(Posterior):
 
         ``midpoint`` is in the predictor's centred units (decades of compute from the data's
         centre, or nats of minus the loss from its mean).
+
+        Parameters
+        ----------
+        task
+            A fitted task.
+
+        Returns
+        -------
+        dict
         """
         if task not in self.tasks:
             raise ValueError(f"task {task!r} is not in the fitted data ({', '.join(self.tasks[:8])}{', ...' if len(self.tasks) > 8 else ''})")
@@ -634,7 +643,17 @@ class DownstreamFit(Posterior):
         """The family a prediction is for: ``family`` itself, or when it is ``None`` the only
         fitted family, or with several families ``"new"``: a family drawn from the population,
         whose interval includes the spread between families (the honest answer for a family
-        the caller did not name)."""
+        the caller did not name).
+
+        Parameters
+        ----------
+        family
+            A family name, or None.
+
+        Returns
+        -------
+        str
+        """
         if family is not None:
             return family
         return self.families[0] if len(self.families) == 1 else NEW_FAMILY
@@ -642,8 +661,17 @@ class DownstreamFit(Posterior):
     def family_offset(self, family: str | None, *, seed: int = 0) -> np.ndarray:
         """Draws of a family's shift along the predictor (zeros for a single-family fit).
 
-        ``family`` is a fitted family, ``"new"`` for an unseen one (drawn from the population
-        of families), or ``None`` (see :meth:`resolve_family`).
+        Parameters
+        ----------
+        family
+            A fitted family, ``"new"`` for an unseen one (drawn from the population of
+            families), or ``None`` (see :meth:`resolve_family`).
+        seed
+            Seed of a new family's draws.
+
+        Returns
+        -------
+        numpy.ndarray
         """
         size = self._flat("concentration").shape[0]
         family = self.resolve_family(family)
@@ -664,7 +692,17 @@ class DownstreamFit(Posterior):
         return self._flat("family_offset")[:, self.families.index(family)]
 
     def predictor(self, flops: np.ndarray) -> np.ndarray:
-        """The card's centred predictor at compute ``flops``, per draw: shape ``(S, len(flops))``."""
+        """The card's centred predictor at compute ``flops``, per draw: shape ``(S, len(flops))``.
+
+        Parameters
+        ----------
+        flops
+            Training compute (1-D array).
+
+        Returns
+        -------
+        numpy.ndarray
+        """
         flops = np.asarray(flops, dtype=float)
         if self.spec.predictor == "log_flops":
             x = np.log10(flops) - self.centre["log10_flops"]
@@ -672,7 +710,17 @@ class DownstreamFit(Posterior):
         return -(self.loss_at(flops) - self.centre["loss"])
 
     def loss_at(self, flops: np.ndarray) -> np.ndarray:
-        """Loss-linked cards: the jointly fitted law's loss at ``flops``, per draw ``(S, len(flops))``."""
+        """Loss-linked cards: the jointly fitted law's loss at ``flops``, per draw ``(S, len(flops))``.
+
+        Parameters
+        ----------
+        flops
+            Training compute (1-D array).
+
+        Returns
+        -------
+        numpy.ndarray
+        """
         law = self.spec.loss_model.law
         theta = {name: self._flat(name)[:, None] for name in law.parameters}
         x = {"flops": np.log(np.asarray(flops, dtype=float))[None, :] - self.centre["flops"]}
@@ -681,8 +729,25 @@ class DownstreamFit(Posterior):
     def accuracy_draws(self, flops, task: str, family: str | None = None, *, noise: bool = False, n_items=None, seed: int = 0) -> np.ndarray:
         """Draws of accuracy at ``flops`` for one task: shape ``(S, len(flops))``.
 
-        With ``noise`` the accuracy a new evaluation on ``n_items`` items would *observe*
-        (default: the task's ``n_items`` in the fitted data); otherwise the expected accuracy.
+        Parameters
+        ----------
+        flops
+            Training compute (scalar or 1-D array).
+        task
+            A fitted task.
+        family
+            A fitted family, ``"new"``, or ``None`` (see :meth:`resolve_family`).
+        noise
+            Draw the accuracy a new evaluation on ``n_items`` items would *observe*, rather
+            than the expected accuracy.
+        n_items
+            Items of that evaluation (default: the task's ``n_items`` in the fitted data).
+        seed
+            Seed of the noise and new-family draws.
+
+        Returns
+        -------
+        numpy.ndarray
         """
         flops = _positive("flops", flops)
         theta = self.task_draws(task)

@@ -252,7 +252,17 @@ class Fit(Posterior):
     spec: ModelSpec
 
     def draws(self, names: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Posterior draws with chains flattened: ``{name: array of shape (chains*draws,)}``."""
+        """Posterior draws with chains flattened: ``{name: array of shape (chains*draws,)}``.
+
+        Parameters
+        ----------
+        names
+            Sampled variables to return (default: all of them, in the sampler's coordinates).
+
+        Returns
+        -------
+        dict
+        """
         posterior = self.idata.posterior
         names = list(posterior.data_vars) if names is None else names
         return {name: posterior[name].values.reshape(-1) for name in names}
@@ -332,17 +342,60 @@ class Fit(Posterior):
         return theta
 
     def predict(self, params=None, tokens=None, flops=None, family=None, *, noise=False, draws=False, seed=0):
-        """Posterior predictive loss at new scales; see :func:`bayescale.predict.predict_loss`."""
+        """Posterior predictive loss at new scales.
+
+        Parameters
+        ----------
+        params, tokens, flops
+            Scales to predict at (scalars or 1-D arrays); a missing one of the three is derived
+            with C = 6 N D. A compute law needs only ``flops``.
+        family
+            The family to predict for (hierarchical fits; ``"new"`` for an unseen one).
+        noise
+            Include observation noise: the loss a single new run would show, rather than the
+            law's expected loss.
+        draws
+            Also return the draws of each row (column ``draws``).
+        seed
+            Seed of the noise and new-family draws.
+
+        Returns
+        -------
+        pandas.DataFrame
+            See :func:`bayescale.predict.predict_loss`.
+        """
         return predict_loss(self, params=params, tokens=tokens, flops=flops, family=family, noise=noise, draws=draws, seed=seed)
 
     def optimal(self, flops, *, family=None, draws=False, seed=0):
-        """Compute-optimal allocation at a budget; see :func:`bayescale.predict.optimal_allocation`."""
+        """Compute-optimal allocation at a budget.
+
+        Parameters
+        ----------
+        flops
+            Budget(s) in FLOP.
+        family
+            The family (hierarchical fits; ``"new"`` for an unseen one).
+        draws
+            Also return the draws of each row (column ``draws``).
+        seed
+            Seed of the new-family draws.
+
+        Returns
+        -------
+        pandas.DataFrame
+            See :func:`bayescale.predict.optimal_allocation`.
+        """
         return optimal_allocation(self, flops=flops, family=family, draws=draws, seed=seed)
 
 
 def load(path: str | Path) -> "Fit | DownstreamFit":
     """Read a fit saved by :meth:`Fit.save` (or :meth:`DownstreamFit.save`), rebuilding its
     model card from the stored text.
+
+    Parameters
+    ----------
+    path
+        A netCDF file written by ``save``.
 
     Returns
     -------

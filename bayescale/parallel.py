@@ -220,6 +220,15 @@ def process_pool(workers: int = 2) -> ProcessPoolExecutor:
     Forking a process after JAX has started its runtime deadlocks, so the pool never
     forks. Each worker compiles the sampler once (or loads it from the persistent
     compilation cache) and reuses it for every batch it receives.
+
+    Parameters
+    ----------
+    workers
+        Worker processes; each should have a core or more to itself.
+
+    Returns
+    -------
+    concurrent.futures.ProcessPoolExecutor
     """
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 

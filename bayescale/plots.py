@@ -20,7 +20,19 @@ from .hierarchy import NEW_FAMILY  # noqa: E402
 
 
 def format_count(value: float, unit: str = "") -> str:
-    """Readable scale labels: 7e10 -> "70B", 1.2e6 -> "1.2M", with an optional unit."""
+    """Readable scale labels: 7e10 -> "70B", 1.2e6 -> "1.2M", with an optional unit.
+
+    Parameters
+    ----------
+    value
+        A count (parameters, tokens).
+    unit
+        Appended to the label.
+
+    Returns
+    -------
+    str
+    """
     for size, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
         if abs(value) >= size:
             return f"{value / size:.3g}{suffix}{unit}"
@@ -28,7 +40,19 @@ def format_count(value: float, unit: str = "") -> str:
 
 
 def format_flops(value: float, unit: str = " FLOP") -> str:
-    """FLOP labels in powers of ten: 1e21 -> "1e21 FLOP" (``unit=""`` for crowded tick labels)."""
+    """FLOP labels in powers of ten: 1e21 -> "1e21 FLOP" (``unit=""`` for crowded tick labels).
+
+    Parameters
+    ----------
+    value
+        Compute in FLOP (empty label for non-positive values).
+    unit
+        Appended to the label.
+
+    Returns
+    -------
+    str
+    """
     if value <= 0:
         return ""
     exponent = np.log10(value)
@@ -38,7 +62,19 @@ def format_flops(value: float, unit: str = " FLOP") -> str:
 
 
 def png_bytes(fig, dpi: int = 110) -> bytes:
-    """The figure as PNG bytes; the figure is closed (for reports that embed many figures)."""
+    """The figure as PNG bytes; the figure is closed (for reports that embed many figures).
+
+    Parameters
+    ----------
+    fig
+        A matplotlib Figure.
+    dpi
+        Resolution.
+
+    Returns
+    -------
+    bytes
+    """
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
@@ -323,7 +359,15 @@ def plot_backtest(backtest, ax=None):
 
 
 def plot_fit(fit, flops=None):
-    """One figure with :func:`plot_loss_frontier` and, where the law allows, :func:`plot_optimal_allocation`."""
+    """One figure with :func:`plot_loss_frontier` and, where the law allows, :func:`plot_optimal_allocation`.
+
+    Parameters
+    ----------
+    fit
+        A loss fit.
+    flops
+        Budgets at which to draw the bands (default as :func:`plot_loss_frontier`).
+    """
     panels = 2 if fit.spec.law.optimal_fn is not None else 1
     fig, axes = plt.subplots(1, panels, figsize=(6.4 * panels, 4.6), layout="constrained", squeeze=False)
     plot_loss_frontier(fit, flops, ax=axes[0, 0])

@@ -44,7 +44,17 @@ class Posterior:
         return json.loads(self.idata.attrs["families"])
 
     def save(self, path: str | Path) -> Path:
-        """Write the fit to a netCDF file that :func:`bayescale.load` reads back exactly."""
+        """Write the fit to a netCDF file that :func:`bayescale.load` reads back exactly.
+
+        Parameters
+        ----------
+        path
+            The file to write (folders are created).
+
+        Returns
+        -------
+        pathlib.Path
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.idata.to_netcdf(str(path))

@@ -100,7 +100,17 @@ def write_report(
 
 
 def render_report(fit, *, targets=None, budgets=None, backtest=None, design=None, title=None) -> str:
-    """The report of :func:`write_report` as an HTML string."""
+    """The report of :func:`write_report` as an HTML string.
+
+    Parameters
+    ----------
+    fit, targets, budgets, backtest, design, title
+        As for :func:`write_report`.
+
+    Returns
+    -------
+    str
+    """
     downstream = isinstance(fit, DownstreamFit)
     observed = fit.observed()
     largest = float(observed["flops"].max())

@@ -138,7 +138,24 @@ class ModelSpec:
 
     @classmethod
     def from_toml(cls, text: str, where: str = "model card") -> "ModelSpec":
-        """Parse and check a card's TOML text."""
+        """Parse and check a card's TOML text.
+
+        Parameters
+        ----------
+        text
+            The card, as TOML.
+        where
+            What to call the card in error messages (its file name).
+
+        Returns
+        -------
+        ModelSpec
+
+        Raises
+        ------
+        ValueError
+            If the TOML is invalid or an entry is missing or wrong; the message names the fix.
+        """
         card = parse_toml(text, where)
         if card.get("kind") == "downstream":
             raise ValueError(f"{where} is a downstream card; load it with bayescale.spec.load_card (bayescale.fit does)")
@@ -171,7 +188,18 @@ class ModelSpec:
 
     @classmethod
     def load(cls, model: "str | Path | ModelSpec") -> "ModelSpec":
-        """Load a loss card by bundled name (``"chinchilla"``) or by path to a TOML file."""
+        """Load a loss card by bundled name (``"chinchilla"``) or by path to a TOML file.
+
+        Parameters
+        ----------
+        model
+            A bundled card's name (:func:`bayescale.available_cards`), a path to a ``.toml``
+            card, or a ModelSpec (returned as it is).
+
+        Returns
+        -------
+        ModelSpec
+        """
         if isinstance(model, ModelSpec):
             return model
         return cls.from_toml(*card_text(model))

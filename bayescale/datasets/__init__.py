@@ -50,7 +50,17 @@ def load(name: str, *, drop_flagged_outliers: bool = False) -> RunTable:
 
 
 def path(name: str) -> Path:
-    """Path of a bundled data set's CSV file."""
+    """Path of a bundled data set's CSV file.
+
+    Parameters
+    ----------
+    name
+        A bundled data set (``"chinchilla"``, ``"pythia_evals"``, ...; see :func:`load`).
+
+    Returns
+    -------
+    pathlib.Path
+    """
     if name not in DATASETS:
         raise ValueError(f"no bundled data set {name!r}; available: {', '.join(DATASETS)}")
     return _HERE / DATASETS[name][0]
