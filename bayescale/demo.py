@@ -60,8 +60,8 @@ def run_demo(out: Path, *, num_chains: int = 4, num_warmup: int = 1000, num_samp
     result = fit(runs, "chinchilla", **sampler)
     print(f"bayescale: backtest: refitting below {DEMO_CUTOFF:.0e} FLOP", file=sys.stderr)
     checked = backtest(runs, "chinchilla", cutoff_flops=DEMO_CUTOFF, **sampler)
-    target = {"params": 7.0e10, "tokens": 1.4e12}
-    design = suggest_runs(result, DEMO_CANDIDATES, DEMO_DESIGN_BUDGET, target, seed=seed)
+    chinchilla = DEMO_TARGETS.iloc[0]
+    design = suggest_runs(result, DEMO_CANDIDATES, DEMO_DESIGN_BUDGET, {"params": chinchilla["params"], "tokens": chinchilla["tokens"]}, seed=seed)
     summary = result.summary()
     predictions = result.predict(params=DEMO_TARGETS["params"], tokens=DEMO_TARGETS["tokens"])
     predictions.insert(0, "model", DEMO_TARGETS["model"].to_numpy())

@@ -596,15 +596,17 @@ class DownstreamFit(Posterior):
         return json.loads(self.idata.attrs["tasks"])
 
     def observed(self) -> pd.DataFrame:
-        """The fitted evaluations: ``flops``, ``task``, ``family``, ``chance``, ``accuracy`` (and ``n_items``)."""
+        """The fitted evaluations: ``flops``, ``task``, ``family``, ``chance``, ``accuracy`` (and
+        ``n_items``; for loss-linked cards ``loss``), so that the frame refits to the same model."""
         constant = self.idata.constant_data
         frame = pd.DataFrame({"flops": constant["flops"].values})
         frame["task"] = np.asarray(self.tasks)[constant["task_index"].values]
         frame["family"] = np.asarray(self.families)[constant["family_index"].values]
         frame["chance"] = constant["chance"].values[constant["task_index"].values]
         frame["accuracy"] = self.idata.observed_data["accuracy"].values
-        if "n_items" in constant:
-            frame["n_items"] = constant["n_items"].values
+        for column in ("n_items", "loss"):
+            if column in constant:
+                frame[column] = constant[column].values
         return frame
 
     def _flat(self, name: str) -> np.ndarray:

@@ -386,14 +386,112 @@ print(json.dumps({"world": world, "rows": len(runs), "seconds": seconds, "max_r_
 """
 
 
+def _pymc_prior(prior, value):
+    """The log-density of a card's prior at ``value``, as PyMC writes that distribution."""
+    import pymc as pm
+
+    a = prior.arguments
+    dist = {
+        "Normal": lambda: pm.Normal.dist(mu=a["loc"], sigma=a["scale"]),
+        "LogNormal": lambda: pm.LogNormal.dist(mu=a["loc"], sigma=a["scale"]),
+        "HalfNormal": lambda: pm.HalfNormal.dist(sigma=a["scale"]),
+    }[prior.distribution]()
+    return pm.logp(dist, value)
+
+
+def pymc_nutpie_hierarchical(runs, seed: int, *, marginalised: bool):
+    """The chinchilla-hierarchical card written in PyMC and sampled by nutpie (low-rank mass
+    matrix), 4 chains x (1000 + 1000): the same priors, population and likelihood.
+
+    Families are non-centred (``u = mu + spread * z``, PyMC's usual idiom). With
+    ``marginalised`` the run effect is integrated out as bayescale does (a Potential with the
+    Sherman-Morrison form); otherwise each run has an explicit non-centred offset, which is how
+    a PyMC user would write it (the same posterior for every other parameter). ``None`` where
+    PyMC or nutpie is not installed.
+    """
+    try:
+        import nutpie
+        import pymc as pm
+        import pytensor.tensor as pt
+    except ImportError:
+        return None
+    from bayescale.hierarchy import TAU_PRIOR_SHAPE, layout_of
+    from bayescale.model import centre_of
+
+    spec = bs.ModelSpec.load("chinchilla-hierarchical")
+    layout = layout_of(spec)
+    data = runs.data
+    centre = centre_of(runs, spec)
+    x_n = np.log(data["params"].to_numpy()) - centre["params"]
+    x_d = np.log(data["tokens"].to_numpy()) - centre["tokens"]
+    log_loss = np.log(data["loss"].to_numpy())
+    family, run = runs.family_codes(), runs.run_ids()
+    families, num_runs = int(family.max()) + 1, int(run.max()) + 1
+    pooled = [layout.names[layout.varying[j]] for j in layout.pooled]
+    assert list(layout.names) == ["log_loss_centre", "logit_share_e", "logit_share_a_c", "log_alpha", "log_beta"]
+    assert pooled == ["log_loss_centre", "logit_share_e", "logit_share_a_c"] and len(layout.varying) == 5
+
+    def parameters(u):
+        """Coordinates (last axis) -> e, a_c, b_c, alpha, beta and the log Jacobian (coordinates.py)."""
+        log_sigmoid = lambda z: -pt.softplus(-z)  # noqa: E731
+        total, z_e, z_a = u[..., 0], u[..., 1], u[..., 2]
+        rest = total + log_sigmoid(-z_e)
+        return total + log_sigmoid(z_e), rest + log_sigmoid(z_a), rest + log_sigmoid(-z_a), pt.exp(u[..., 3]), pt.exp(u[..., 4]), u[..., 3] + u[..., 4]
+
+    with pm.Model() as model:
+        mu = pm.Flat("mu", shape=5)
+        e, a_c, b_c, alpha, beta, log_jacobian = parameters(mu)
+        priors = spec.priors
+        pm.Potential("card_priors", sum(_pymc_prior(priors[n], v) for n, v in (("e", e), ("a_c", a_c), ("b_c", b_c), ("alpha", alpha), ("beta", beta))) + log_jacobian)
+        tau = pm.Gamma("tau", alpha=TAU_PRIOR_SHAPE, beta=TAU_PRIOR_SHAPE / layout.tau_scale, shape=3)
+        spread = pt.concatenate([tau, pt.as_tensor(layout.fixed_spread[3:])])
+        z = pm.Normal("z", 0.0, 1.0, shape=(families, 5))
+        e, a_c, b_c, alpha, beta, _ = parameters(mu[None, :] + spread[None, :] * z)
+        terms = pt.stack([e[family], a_c[family] - alpha[family] * x_n, b_c[family] - beta[family] * x_d])
+        mean = pm.math.logsumexp(terms, axis=0)[0]
+        sigma = pm.HalfNormal("sigma", sigma=priors["sigma"].arguments["scale"])
+        sigma_run = pm.HalfNormal("sigma_run", sigma=priors["sigma_run"].arguments["scale"])
+        if marginalised:
+            member = np.zeros((num_runs, len(data)))
+            member[run, np.arange(len(data))] = 1.0
+            count = member.sum(axis=1)
+            residual = log_loss - mean
+            total, squares = pt.dot(member, residual), pt.dot(member, residual**2)
+            var, var_run = sigma**2, sigma_run**2
+            quadratic = (squares - var_run / (var + count * var_run) * total**2) / var
+            pm.Potential("log_likelihood", -0.5 * pt.sum(quadratic + count * pt.log(2 * np.pi * var) + pt.log1p(count * var_run / var)))
+        else:
+            offset = pm.Normal("run_offset_raw", 0.0, 1.0, shape=num_runs)
+            pm.Normal("log_loss", mu=mean + sigma_run * offset[run], sigma=sigma, observed=log_loss)
+    started = time.perf_counter()
+    compiled = nutpie.compile_pymc_model(model)
+    compiled_at = time.perf_counter()
+    trace = nutpie.sample(compiled, chains=4, tune=1000, draws=1000, seed=seed, progress_bar=False, low_rank_modified_mass_matrix=True)
+    done = time.perf_counter()
+    posterior = trace.posterior[["mu", "tau", "z", "sigma", "sigma_run"]]
+    ess = float(az.ess(posterior).to_array().min())
+    steps = int(trace.sample_stats["n_steps"].sum())
+    result = _sampler_result(done - compiled_at, ess, float(az.rhat(posterior).to_array().max()), steps)
+    result.update(compile_seconds=compiled_at - started, divergences=int(trace.sample_stats["diverging"].sum()))
+    return result
+
+
 def hierarchical(args) -> dict:
     """The issue-3 workload, one fresh process per simulated world (warm compilation cache after the first)."""
-    worlds = []
+    from bayescale.datasets.simulate import simulate_sweep
+
+    worlds, peers = [], []
     for world in range(args.worlds):
         out = subprocess.run([sys.executable, "-c", HIERARCHICAL_PROCESS, str(args.seed + world)], capture_output=True, text=True, check=True)
         worlds.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(worlds[-1], flush=True)
-    result = {"machine": _machine(), "worlds": worlds}
+        runs, _ = simulate_sweep(families=12, sizes=6, seeds=3, checkpoints=20, seed=args.seed + world)
+        for marginalised in (True, False):
+            peer = pymc_nutpie_hierarchical(runs, args.seed + world, marginalised=marginalised)
+            if peer is not None:
+                peers.append({"world": args.seed + world, "run_effect": "integrated out" if marginalised else "explicit offsets", **peer})
+                print(peers[-1], flush=True)
+    result = {"machine": _machine(), "worlds": worlds, "pymc_nutpie": peers}
     lines = [
         "12 families x 6 sizes (2e7-6e8 params, 20 tokens/param) x 3 seeds x 20 checkpoints = 4,320 rows; "
         "card chinchilla-hierarchical with its defaults (4 chains x 1000 + 1000, target_accept from the card); "
@@ -408,6 +506,25 @@ def hierarchical(args) -> dict:
             f"{w['leapfrog_per_draw']:.0f} | {w['population_covered']}/{w['population_total']} | "
             f"{w['sigma_run'][0]:.4f}-{w['sigma_run'][1]:.4f} ({w['sigma_run_true']}) | {w['peak_mb']:.0f} |"
         )
+    if peers:
+        ours = {w["world"]: w for w in worlds}
+        lines += [
+            "",
+            "The same card in PyMC, sampled by nutpie (low-rank mass matrix, 4 chains x (1000 + 1000)), same data, same run "
+            "(`pymc_nutpie_hierarchical`). Wall excludes nutpie's compilation (given separately); bayescale's wall above "
+            "includes everything in a fresh process. ESS/s: minimum bulk ESS over all sampled parameters per second of wall.",
+            "",
+            "| world | run effect | wall (s) | compile (s) | max R-hat | min bulk ESS | ESS/s | ESS / 1000 gradients | divergences | bayescale ESS/s | bayescale speed-up (ESS/s) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for peer in peers:
+            mine = ours[peer["world"]]
+            our_rate = mine["min_ess_bulk"] / mine["seconds"]
+            lines.append(
+                f"| {peer['world']} | {peer['run_effect']} | {peer['seconds']:.0f} | {peer['compile_seconds']:.0f} | {peer['max_r_hat']:.3f} | "
+                f"{peer['min_ess_bulk']:.0f} | {peer['ess_per_second']:.1f} | {peer['ess_per_1000_gradients']:.1f} | {peer['divergences']} | "
+                f"{our_rate:.1f} | {our_rate / peer['ess_per_second']:.2g}x |"
+            )
     lines += ["", f"Machine: {result['machine']}."]
     return _write("hierarchical", result, lines)
 

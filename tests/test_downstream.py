@@ -152,6 +152,16 @@ def test_fit_structure(downstream_fit):
     np.testing.assert_allclose(offsets.sum(axis=0), 0.0, atol=1e-9)
 
 
+def test_observed_evaluations_are_the_fitted_rows(downstream_fit, evals):
+    """observed() is what a report's backtest refits, so it must return the fitted rows exactly."""
+    fitted = evals[evals["flops"] < CUTOFF].sort_values(["task", "family", "flops"]).reset_index(drop=True)
+    observed = downstream_fit.observed().sort_values(["task", "family", "flops"]).reset_index(drop=True)
+    assert len(observed) == len(fitted)
+    np.testing.assert_allclose(observed["flops"], fitted["flops"])
+    np.testing.assert_allclose(observed["accuracy"] * observed["n_items"], fitted["correct"], atol=1e-9)
+    assert (observed[["task", "family"]].to_numpy() == fitted[["task", "family"]].to_numpy()).all()
+
+
 def test_predict_accuracy(downstream_fit):
     table = downstream_fit.predict(flops=[1e20, 1e22], task="late", family="a")
     assert list(table["quantity"]) == ["accuracy"] * 2
