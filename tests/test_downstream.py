@@ -154,7 +154,7 @@ def test_fit_structure(downstream_fit):
 
 def test_observed_evaluations_are_the_fitted_rows(downstream_fit, evals):
     """observed() is what a report's backtest refits, so it must return the fitted rows exactly."""
-    fitted = evals[evals["flops"] < CUTOFF].sort_values(["task", "family", "flops"]).reset_index(drop=True)
+    fitted = evals.data[evals.data["flops"] < CUTOFF].sort_values(["task", "family", "flops"]).reset_index(drop=True)
     observed = downstream_fit.observed().sort_values(["task", "family", "flops"]).reset_index(drop=True)
     assert len(observed) == len(fitted)
     np.testing.assert_allclose(observed["flops"], fitted["flops"])
