@@ -60,6 +60,7 @@ def _cmd_fit(args) -> None:
         num_warmup=args.num_warmup,
         num_samples=args.num_samples,
         target_accept=args.target_accept,
+        device=args.device,
     )
     if args.by is None:
         result = bs.fit(runs, **sampler)
@@ -130,7 +131,7 @@ def _cmd_backtest(args) -> None:
     import bayescale as bs
 
     runs = bs.RunTable.from_csv(args.runs)
-    options = dict(num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples, target_accept=args.target_accept)
+    options = dict(num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples, target_accept=args.target_accept, device=args.device)
     split = dict(cutoff_flops=args.cutoff_flops, family=args.family, keep_sizes=args.keep_sizes)
     result = bs.backtest(runs, args.model, seed=args.seed, **split, **options)
     summary = result.summary()
@@ -176,7 +177,7 @@ def _cmd_report(args) -> None:
     if args.backtest_cutoff is not None:
         # The fit keeps its observations (with run ids for pooled cards), so it refits as it was made.
         print(f"bayescale: backtest: refitting {args.fit} below {args.backtest_cutoff:.3g} FLOP", file=sys.stderr)
-        sampler = dict(seed=args.seed, num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples)
+        sampler = dict(seed=args.seed, num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples, device=args.device)
         checked = bs.backtest(result.observed(), result.spec, cutoff_flops=args.backtest_cutoff, **sampler)
     if args.candidates is not None:
         if isinstance(result, DownstreamFit):
@@ -193,7 +194,7 @@ def _cmd_report(args) -> None:
 def _cmd_demo(args) -> None:
     from .demo import run_demo
 
-    run_demo(Path(args.out), num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples, seed=args.seed)
+    run_demo(Path(args.out), num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples, seed=args.seed, device=args.device)
 
 
 def _add_format(parser: argparse.ArgumentParser) -> None:
@@ -205,6 +206,7 @@ def _add_sampler(parser: argparse.ArgumentParser, warmup: int = 1000, samples: i
     parser.add_argument("--num-chains", type=int, default=4, help="NUTS chains (default 4)")
     parser.add_argument("--num-warmup", type=int, default=warmup, help=f"warm-up iterations per chain (default {warmup})")
     parser.add_argument("--num-samples", type=int, default=samples, help=f"kept draws per chain (default {samples})")
+    parser.add_argument("--device", choices=("cpu", "gpu", "tpu"), help="where to sample (default: JAX's default platform, a GPU when a CUDA build of JAX is installed)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,7 +33,7 @@ DEMO_CANDIDATES = pd.DataFrame(
 DEMO_DESIGN_BUDGET = 2e20
 
 
-def run_demo(out: Path, *, num_chains: int = 4, num_warmup: int = 1000, num_samples: int = 1000, seed: int = 0) -> dict[str, Path]:
+def run_demo(out: Path, *, num_chains: int = 4, num_warmup: int = 1000, num_samples: int = 1000, seed: int = 0, device: str | None = None) -> dict[str, Path]:
     """Fit the Chinchilla card to Epoch AI's reconstruction of the Chinchilla runs.
 
     Writes ``fit.nc``, ``summary.csv``, ``predictions.csv``, ``optimal.csv``, ``fit.png``,
@@ -44,7 +44,7 @@ def run_demo(out: Path, *, num_chains: int = 4, num_warmup: int = 1000, num_samp
     ----------
     out
         Output folder (created if missing).
-    num_chains, num_warmup, num_samples, seed
+    num_chains, num_warmup, num_samples, seed, device
         Sampler settings (see :func:`bayescale.fit`).
 
     Returns
@@ -56,7 +56,7 @@ def run_demo(out: Path, *, num_chains: int = 4, num_warmup: int = 1000, num_samp
 
     out.mkdir(parents=True, exist_ok=True)
     runs = datasets.load("chinchilla", drop_flagged_outliers=True)
-    sampler = dict(seed=seed, num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples)
+    sampler = dict(seed=seed, num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples, device=device)
     result = fit(runs, "chinchilla", **sampler)
     print(f"bayescale: backtest: refitting below {DEMO_CUTOFF:.0e} FLOP", file=sys.stderr)
     checked = backtest(runs, "chinchilla", cutoff_flops=DEMO_CUTOFF, **sampler)

@@ -59,7 +59,7 @@ from . import __version__
 from ._arviz import az
 from .data import DataError, RunTable
 from .diagnostics import Diagnostics, diagnose
-from .engine import Settings, devices_for, enable_compilation_cache, sampler_for, say
+from .engine import Settings, enable_compilation_cache, sampler_for, say
 from .hierarchy import NEW_FAMILY, choose_centring
 from .links import Link, get_link
 from .model import make_model
@@ -426,7 +426,7 @@ def sum_zero_basis(size: int) -> np.ndarray:
 # --- fit ----------------------------------------------------------------------
 
 
-def fit_downstream(runs: RunTable, spec: DownstreamSpec, *, seed: int, settings: Settings, chain_method: str, progress: bool) -> "DownstreamFit":
+def fit_downstream(runs: RunTable, spec: DownstreamSpec, *, seed: int, settings: Settings, devices, progress: bool) -> "DownstreamFit":
     """Fit a downstream card with the compiled NUTS engine; see :func:`bayescale.fit`."""
     evals = evaluations(runs, spec)
     centre = centre_of_evaluations(evals, spec)
@@ -435,7 +435,7 @@ def fit_downstream(runs: RunTable, spec: DownstreamSpec, *, seed: int, settings:
     key = (spec.text, len(evals.tasks), len(evals.families))
     sampler = sampler_for(
         key, lambda: make_downstream_model(spec, len(evals.tasks), len(evals.families)), (inputs,), settings,
-        devices=devices_for(chain_method, settings.num_chains), start=NonCentredTasks(spec),
+        devices=devices, start=NonCentredTasks(spec),
     )
     centring = choose_centring(sampler, (inputs,), site="task_raw")
     inputs["centring"] = jnp.asarray(centring)

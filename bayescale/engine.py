@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -386,7 +387,44 @@ def clear_samplers() -> None:
     jax.clear_caches()
 
 
-def devices_for(chain_method: str, num_chains: int):
+#: Platforms a fit can be placed on (JAX's backend names).
+PLATFORMS = ("cpu", "gpu", "tpu")
+
+
+def local_devices(device: str | None = None) -> list:
+    """This process's devices of a platform (``"cpu"``, ``"gpu"``, ``"tpu"``), or of JAX's
+    default platform when ``device`` is None.
+
+    Raises
+    ------
+    ValueError
+        If the platform is unknown or has no device here; the message says what to install.
+    """
+    if device is None:
+        return jax.local_devices()
+    if device not in PLATFORMS:
+        raise ValueError(f"device must be one of {', '.join(PLATFORMS)} (or None for JAX's default), got {device!r}")
+    try:
+        found = jax.local_devices(backend=device)
+    except RuntimeError:  # JAX raises when the backend is not installed or finds no device
+        found = []
+    if not found:
+        hint = "install a CUDA build of JAX (pip install 'bayescale[gpu]') on a machine with an NVIDIA GPU" if device == "gpu" else f"run on a machine with a {device.upper()}"
+        raise ValueError(f"no {device} device is available to JAX here ({jax.default_backend()} only); {hint}, or use device='cpu'")
+    return found
+
+
+@contextmanager
+def on_device(device: str | None):
+    """Place every computation in the block on the platform ``device`` (None: JAX's default)."""
+    if device is None:
+        yield
+        return
+    with jax.default_device(local_devices(device)[0]):
+        yield
+
+
+def devices_for(chain_method: str, num_chains: int, device: str | None = None):
     """Devices to split ``num_chains`` chains across, or ``None`` for one vectorised program.
 
     ``"auto"`` and ``"parallel"`` split the chains when there are enough local devices:
@@ -405,19 +443,19 @@ def devices_for(chain_method: str, num_chains: int):
         raise ValueError(f"chain_method must be 'auto', 'parallel' or 'vectorized', got {chain_method!r}")
     if chain_method == "vectorized" or num_chains < 2:
         return None
-    devices = jax.local_devices()
+    devices = local_devices(device)
     if devices[0].platform == "cpu":
         return tuple(devices[:num_chains]) if len(devices) >= num_chains else None
     return _even_split(devices, num_chains)
 
 
-def devices_for_batches(batch_size: int):
+def devices_for_batches(batch_size: int, device: str | None = None):
     """Devices to split batches of ``batch_size`` data sets across: accelerators only.
 
     On CPU a batch runs on one device; see :func:`devices_for` for the thread-pool deadlock
     that several CPU devices running batched LAPACK calls can reach.
     """
-    devices = jax.local_devices()
+    devices = local_devices(device)
     return None if devices[0].platform == "cpu" else _even_split(devices, batch_size)
 
 

@@ -17,7 +17,7 @@ from ._arviz import az
 from .data import DataError, RunTable
 from .diagnostics import ModelWarning, diagnose
 from .coordinates import to_parameters
-from .engine import Settings, devices_for, enable_compilation_cache, sampler_for, say
+from .engine import Settings, devices_for, enable_compilation_cache, on_device, sampler_for, say
 from .hierarchy import NonCentredStart, check_families, choose_centring, family_parameters, groups_of, layout_of, make_hierarchical_model, population_draws, run_spread_problem, simulate_rows
 from .model import centre_of, centred_inputs, make_model
 from .posterior import Posterior
@@ -40,6 +40,7 @@ def fit(
     target_accept: float | None = None,
     chain_method: str = "auto",
     max_tree_depth: int = 10,
+    device: str | None = None,
     progress: bool = True,
 ) -> "Fit | DownstreamFit":
     """Fit a scaling-law model card to runs with NUTS.
@@ -64,6 +65,10 @@ def fit(
         one), ``"parallel"`` or ``"vectorized"``; see :mod:`bayescale.engine`.
     max_tree_depth
         NUTS's maximum tree depth; raise it if the diagnostics report saturated trees.
+    device
+        Where to sample: ``"cpu"``, ``"gpu"`` or ``"tpu"``; default JAX's default platform (a
+        GPU when a CUDA build of JAX is installed). Chains are split across that platform's
+        devices as ``chain_method`` says.
     progress
         Print progress and timing to stderr.
 
@@ -84,8 +89,16 @@ def fit(
         runs = RunTable(runs)
     spec = load_card(model)
     settings = Settings(num_chains, num_warmup, num_samples, target_accept or spec.target_accept, max_tree_depth)
-    if isinstance(spec, DownstreamSpec):
-        return fit_downstream(runs, spec, seed=seed, settings=settings, chain_method=chain_method, progress=progress)
+    devices = devices_for(chain_method, num_chains, device)
+    with on_device(device):
+        if isinstance(spec, DownstreamSpec):
+            return fit_downstream(runs, spec, seed=seed, settings=settings, devices=devices, progress=progress)
+        return _fit_loss(runs, spec, seed=seed, settings=settings, devices=devices, progress=progress)
+
+
+def _fit_loss(runs: RunTable, spec: ModelSpec, *, seed: int, settings: Settings, devices, progress: bool) -> "Fit":
+    """Fit a loss card (single-family or hierarchical); see :func:`fit`."""
+    num_chains, num_warmup, num_samples = settings.num_chains, settings.num_warmup, settings.num_samples
     if spec.hierarchical:
         check_families(runs, spec)
     else:
@@ -100,13 +113,13 @@ def fit(
         groups = groups_of(runs, spec)
         args = (x, log_loss, {k: jnp.asarray(v) for k, v in groups.items()})
         start = NonCentredStart(layout_of(spec), {name: _typical(spec.priors[name]) for name in spec.noise_parameters})
-        sampler = sampler_for(spec.text, lambda: make_hierarchical_model(spec), args, settings, devices=devices_for(chain_method, num_chains), start=start)
+        sampler = sampler_for(spec.text, lambda: make_hierarchical_model(spec), args, settings, devices=devices, start=start)
         groups["centring"] = choose_centring(sampler, args)
         args[2]["centring"] = jnp.asarray(groups["centring"])
         _say_groups(runs, groups, progress)
     else:
         groups, args = None, (x, log_loss)
-        sampler = sampler_for(spec.text, lambda: make_model(spec), args, settings, devices=devices_for(chain_method, num_chains))
+        sampler = sampler_for(spec.text, lambda: make_model(spec), args, settings, devices=devices)
     say(
         f"fitting card {spec.name!r} to {len(runs)} observations: {num_chains} chains x "
         f"({num_warmup} warm-up + {num_samples} draws){'' if sampler.runs else ', compiling first'}",

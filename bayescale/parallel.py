@@ -29,7 +29,7 @@ import pandas as pd
 
 from .data import DataError, RunTable
 from .diagnostics import SamplerWarning, diagnose
-from .engine import Settings, devices_for_batches, enable_compilation_cache, sampler_for, say
+from .engine import Settings, devices_for_batches, enable_compilation_cache, on_device, sampler_for, say
 from .fit import Fit, check_identifiable, to_inference_data
 from .model import centre_of, centred_inputs, make_model
 from .spec import ModelSpec, load_card
@@ -48,6 +48,7 @@ def fit_many(
     max_tree_depth: int = 10,
     batch_size: int = 64,
     executor: Executor | None = None,
+    device: str | None = None,
     progress: bool = True,
 ) -> dict[str, Fit]:
     """Fit one card separately to each group of rows, many groups per compiled program.
@@ -73,6 +74,9 @@ def fit_many(
         Where batches run: ``None`` runs them here, one after another; a
         ``concurrent.futures.Executor`` (:func:`process_pool`, :class:`RayExecutor`)
         runs them there.
+    device
+        Where batches run: ``"cpu"``, ``"gpu"`` or ``"tpu"``; default JAX's default platform.
+        On accelerators a batch is split across the platform's devices.
     progress
         Print progress to stderr.
 
@@ -110,7 +114,7 @@ def fit_many(
     largest = max(len(table) for table in groups.values())
     prepared = {name: _prepare(table, spec, largest) for name, table in groups.items()}
 
-    devices = devices_for_batches(batch_size) if executor is None else None
+    devices = devices_for_batches(batch_size, device) if executor is None else None
     width = min(batch_size, len(names))
     if devices:
         width = -(-width // len(devices)) * len(devices)  # a whole number of data sets per device
@@ -126,10 +130,10 @@ def fit_many(
     if executor is None:
         results = []
         for number, payload in enumerate(payloads, 1):
-            results.append(_sample_batch(spec.text, settings, payload, devices=devices))
+            results.append(_sample_batch(spec.text, settings, payload, device=device, devices=devices))
             say(f"batch {number}/{len(batches)} done ({time.perf_counter() - started:.1f} s)", progress)
     else:
-        futures = [executor.submit(_sample_batch, spec.text, settings, payload) for payload in payloads]
+        futures = [executor.submit(_sample_batch, spec.text, settings, payload, device=device) for payload in payloads]
         results = [future.result() for future in futures]
 
     fits = {}
@@ -203,14 +207,15 @@ def _payload(batch: list[str], prepared: dict, keys: dict, width: int):
     return (x, log_loss, mask), np.stack([np.asarray(keys[name]) for name in filled])
 
 
-def _sample_batch(card_text: str, settings: Settings, payload, devices=None):
-    """Run one batch (here or in a worker process); returns NumPy samples and statistics."""
+def _sample_batch(card_text: str, settings: Settings, payload, device: str | None = None, devices=None):
+    """Run one batch (here or in a worker process, on ``device``'s platform); returns NumPy samples and statistics."""
     enable_compilation_cache()
     spec = ModelSpec.from_toml(card_text)
     (x, log_loss, mask), keys = payload
-    args = ({k: jnp.asarray(v) for k, v in x.items()}, jnp.asarray(log_loss), jnp.asarray(mask))
-    sampler = sampler_for(card_text, lambda: make_model(spec), args, settings, batched=True, devices=devices)
-    draws = sampler.run(jnp.asarray(keys), args)
+    with on_device(device):
+        args = ({k: jnp.asarray(v) for k, v in x.items()}, jnp.asarray(log_loss), jnp.asarray(mask))
+        sampler = sampler_for(card_text, lambda: make_model(spec), args, settings, batched=True, devices=devices)
+        draws = sampler.run(jnp.asarray(keys), args)
     return draws.samples, draws.stats
 
 

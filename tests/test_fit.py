@@ -116,3 +116,17 @@ def test_compute_law_has_no_allocation_to_optimise(small_fit):
     fake = bs.Fit(idata=small_fit.idata, spec=spec, diagnostics=small_fit.diagnostics)
     with pytest.raises(ValueError, match="no N/D trade-off"):
         fake.optimal(1e21)
+
+
+def test_device_cpu_is_the_cpu_and_a_missing_gpu_names_the_fix(small_fit, small_runs):
+    import jax
+
+    again = bs.fit(small_runs, "chinchilla", seed=0, num_chains=4, num_warmup=500, num_samples=500, device="cpu", progress=False)
+    # On a CPU-only machine device="cpu" is where the default fit ran: the same draws.
+    if jax.default_backend() == "cpu":
+        np.testing.assert_array_equal(again.draws()["alpha"], small_fit.draws()["alpha"])
+    with pytest.raises(ValueError, match="device must be one of cpu, gpu, tpu"):
+        bs.fit(small_runs, "chinchilla", device="mps", progress=False)
+    if not any(d.platform == "gpu" for d in jax.devices()):
+        with pytest.raises(ValueError, match=r"no gpu device .*pip install 'bayescale\[gpu\]'.*or use device='cpu'"):
+            bs.fit(small_runs, "chinchilla", device="gpu", progress=False)
