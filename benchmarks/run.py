@@ -401,7 +401,8 @@ def _pymc_prior(prior, value):
 
 def pymc_nutpie_hierarchical(runs, seed: int, *, marginalised: bool):
     """The chinchilla-hierarchical card written in PyMC and sampled by nutpie (low-rank mass
-    matrix), 4 chains x (1000 + 1000): the same priors, population and likelihood.
+    matrix), 4 chains x (1000 + 1000) at the card's target acceptance: the same priors,
+    population and likelihood.
 
     Families are non-centred (``u = mu + spread * z``, PyMC's usual idiom). With
     ``marginalised`` the run effect is integrated out as bayescale does (a Potential with the
@@ -466,7 +467,8 @@ def pymc_nutpie_hierarchical(runs, seed: int, *, marginalised: bool):
     started = time.perf_counter()
     compiled = nutpie.compile_pymc_model(model)
     compiled_at = time.perf_counter()
-    trace = nutpie.sample(compiled, chains=4, tune=1000, draws=1000, seed=seed, progress_bar=False, low_rank_modified_mass_matrix=True)
+    # The card's target acceptance (0.99), as bayescale uses it.
+    trace = nutpie.sample(compiled, chains=4, tune=1000, draws=1000, seed=seed, progress_bar=False, low_rank_modified_mass_matrix=True, target_accept=spec.target_accept)
     done = time.perf_counter()
     posterior = trace.posterior[["mu", "tau", "z", "sigma", "sigma_run"]]
     ess = float(az.ess(posterior).to_array().min())
@@ -510,7 +512,7 @@ def hierarchical(args) -> dict:
         ours = {w["world"]: w for w in worlds}
         lines += [
             "",
-            "The same card in PyMC, sampled by nutpie (low-rank mass matrix, 4 chains x (1000 + 1000)), same data, same run "
+            "The same card in PyMC, sampled by nutpie (low-rank mass matrix, 4 chains x (1000 + 1000), the card's target_accept 0.99), same data, same run "
             "(`pymc_nutpie_hierarchical`). Wall excludes nutpie's compilation (given separately); bayescale's wall above "
             "includes everything in a fresh process. ESS/s: minimum bulk ESS over all sampled parameters per second of wall.",
             "",
