@@ -28,7 +28,8 @@ from .emergence import emergence
 from .plots import format_count, format_flops
 
 #: Targets this many times beyond the largest fitted compute are flagged as far extrapolations:
-#: in the backtests of docs/results.md, interval coverage held to about 100x and fell beyond.
+#: the backtests in docs/results.md reach 4-20x (and coverage already fell to 61% at up to 13x on
+#: the Chinchilla runs), so nothing here has checked a prediction two decades out.
 FAR_EXTRAPOLATION = 100.0
 #: A backtest whose 90% intervals cover fewer than this share of held-out rows is flagged
 #: (with 10 or more rows, 0.8 is below what a calibrated 90% interval gives by chance, p < 0.07).
