@@ -53,15 +53,7 @@ def _cmd_fit(args) -> None:
     runs = bs.RunTable.from_csv(args.runs)
     if args.min_fraction_of_training is not None or args.min_tokens is not None:
         runs = runs.drop_early_checkpoints(args.min_fraction_of_training, args.min_tokens)
-    sampler = dict(
-        model=args.model,
-        seed=args.seed,
-        num_chains=args.num_chains,
-        num_warmup=args.num_warmup,
-        num_samples=args.num_samples,
-        target_accept=args.target_accept,
-        device=args.device,
-    )
+    sampler = dict(model=args.model, target_accept=args.target_accept, **_sampler_options(args))
     if args.by is None:
         result = bs.fit(runs, **sampler)
         path = result.save(args.out)
@@ -131,9 +123,8 @@ def _cmd_backtest(args) -> None:
     import bayescale as bs
 
     runs = bs.RunTable.from_csv(args.runs)
-    options = dict(num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples, target_accept=args.target_accept, device=args.device)
     split = dict(cutoff_flops=args.cutoff_flops, family=args.family, keep_sizes=args.keep_sizes)
-    result = bs.backtest(runs, args.model, seed=args.seed, **split, **options)
+    result = bs.backtest(runs, args.model, target_accept=args.target_accept, **split, **_sampler_options(args))
     summary = result.summary()
     _emit({"summary": _rows(summary), "rows": _rows(result.rows)}, summary, args.format)
 
@@ -149,9 +140,7 @@ def _cmd_design(args) -> None:
         target = {k: v for k, v in (("params", args.target_params), ("tokens", args.target_tokens), ("flops", args.target_flops)) if v is not None}
         if not target:
             raise ValueError("give the target scale: --target-params and --target-tokens (or --target-flops)")
-    if not Path(args.candidates).exists():
-        raise FileNotFoundError(f"no such file: {args.candidates}")
-    design = bs.suggest_runs(bs.load(args.fit), pd.read_csv(args.candidates), args.budget_flops, target, family=args.family, seed=args.seed)
+    design = bs.suggest_runs(bs.load(args.fit), _read_candidates(args.candidates), args.budget_flops, target, family=args.family, seed=args.seed)
     print(
         f"bayescale: {design.target}: 95% width {design.width_95_before:.4g} now, {design.width_95_after:.4g} expected after "
         f"{int(design.candidates['selected'].sum())} runs costing {design.spent:.3g} of {design.budget_flops:.3g} FLOP",
@@ -177,16 +166,13 @@ def _cmd_report(args) -> None:
     if args.backtest_cutoff is not None:
         # The fit keeps its observations (with run ids for pooled cards), so it refits as it was made.
         print(f"bayescale: backtest: refitting {args.fit} below {args.backtest_cutoff:.3g} FLOP", file=sys.stderr)
-        sampler = dict(seed=args.seed, num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples, device=args.device)
-        checked = bs.backtest(result.observed(), result.spec, cutoff_flops=args.backtest_cutoff, **sampler)
+        checked = bs.backtest(result.observed(), result.spec, cutoff_flops=args.backtest_cutoff, **_sampler_options(args))
     if args.candidates is not None:
         if isinstance(result, DownstreamFit):
             raise ValueError("run design (--candidates) needs a loss fit; a downstream fit has no loss target")
         if args.budget_flops is None or targets is None:
             raise ValueError("--candidates needs --budget-flops and a target (--params and --tokens, or --flops); the first target is the design's")
-        if not Path(args.candidates).exists():
-            raise FileNotFoundError(f"no such file: {args.candidates}")
-        design = bs.suggest_runs(result, pd.read_csv(args.candidates), args.budget_flops, targets.iloc[0].to_dict(), seed=args.seed)
+        design = bs.suggest_runs(result, _read_candidates(args.candidates), args.budget_flops, targets.iloc[0].to_dict(), seed=args.seed)
     path = write_report(result, args.out, targets=targets, budgets=args.budgets, backtest=checked, design=design)
     print(f"bayescale: wrote {path}", file=sys.stderr)
 
@@ -194,7 +180,19 @@ def _cmd_report(args) -> None:
 def _cmd_demo(args) -> None:
     from .demo import run_demo
 
-    run_demo(Path(args.out), num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples, seed=args.seed, device=args.device)
+    run_demo(Path(args.out), **_sampler_options(args))
+
+
+def _read_candidates(path: str) -> pd.DataFrame:
+    """The candidate runs of a design, with a one-line error for a missing file."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    return pd.read_csv(path)
+
+
+def _sampler_options(args) -> dict:
+    """The sampler settings that :func:`_add_sampler` put on the command line."""
+    return dict(seed=args.seed, num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples, device=args.device)
 
 
 def _add_format(parser: argparse.ArgumentParser) -> None:

@@ -23,8 +23,10 @@ import numpy as np
 import pandas as pd
 
 from . import plots
+from .diagnostics import MAX_R_HAT, MIN_ESS
 from .downstream import DownstreamFit
 from .emergence import emergence
+from .hierarchy import NEW_FAMILY
 from .plots import format_count, format_flops
 
 #: Targets this many times beyond the largest fitted compute are flagged as far extrapolations:
@@ -222,8 +224,6 @@ def _data_section(fit, observed) -> str:
 
 
 def _parameter_section(fit) -> str:
-    from .diagnostics import MAX_R_HAT, MIN_ESS
-
     table = fit.summary()
     flagged = ~((table["r_hat"] < MAX_R_HAT) | table["r_hat"].isna()) | (table["ess_bulk"] < MIN_ESS)
     # R-hat is read against 1.01, so it needs three decimals; ESS is a count.
@@ -242,8 +242,14 @@ def _pairs_section(fit) -> str:
     return _section("Posterior pairs of the exponents", _figure(plots.plot_pairs(fit), caption))
 
 
+def _default_family(fit) -> str | None:
+    """The family a loss fit's tables are for: with several pooled families, a new one drawn from
+    the population (the honest answer for a family the caller did not name)."""
+    return NEW_FAMILY if fit.spec.hierarchical and len(fit.families) > 1 else None
+
+
 def _frontier_section(fit, budgets) -> str:
-    family = "new" if fit.spec.hierarchical and len(fit.families) > 1 else None
+    family = _default_family(fit)
     for_whom = " for a new family drawn from the population" if family else ""
     if fit.spec.law.optimal_fn is None:
         table = fit.predict(flops=budgets, family=family)
@@ -268,7 +274,7 @@ def _frontier_section(fit, budgets) -> str:
 
 def _prediction_section(fit, targets: pd.DataFrame, largest: float, warnings: list[str]) -> str:
     inputs = {k: targets[k].to_numpy(dtype=float) for k in ("params", "tokens", "flops") if k in targets}
-    family = targets["family"].iloc[0] if "family" in targets else ("new" if fit.spec.hierarchical and len(fit.families) > 1 else None)
+    family = targets["family"].iloc[0] if "family" in targets else _default_family(fit)
     table = fit.predict(**inputs, family=family)
     names = targets["name"].astype(str).tolist() if "name" in targets else [f"target {k + 1}" for k in range(len(table))]
     ratio = table["flops"].to_numpy(dtype=float) / largest
