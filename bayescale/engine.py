@@ -280,17 +280,20 @@ class Sampler:
 
             @jax.jit
             def laplace(args):
-                z, hessian = find_mode(partial(potential, args=start.args(args)), jnp.zeros(self.dim))
+                # From where the chains' optimisers start, less their jitter.
+                z0 = ravel_pytree(start.initial(unravel(jnp.zeros(self.dim))))[0]
+                z, hessian = find_mode(partial(potential, args=start.args(args)), z0)
                 return unravel(z), hessian
 
-            self._laplace = laplace
+            self._laplace = jax.jit(jax.vmap(laplace)) if batched else laplace
         self._positions = jax.tree_util.tree_map(np.asarray, unravel(jnp.arange(self.dim)))
 
     def laplace(self, args: tuple) -> tuple[dict, np.ndarray, dict]:
         """A posterior mode in the start's coordinates and the potential's Hessian there.
 
         Returns the mode by site, the Hessian of the flat unconstrained vector, and each site's
-        positions in that vector. Only for a sampler built with ``start``
+        positions in that vector (with a leading data-set axis on the first two when batched).
+        Only for a sampler built with ``start``
         (:mod:`bayescale.hierarchy` uses it to decide which family coordinates the data pin down).
         """
         mode, hessian = self._laplace(args)

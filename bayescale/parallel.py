@@ -1,12 +1,20 @@
 """Many independent fits in one compiled program: ``fit_many(runs, by="task")``.
 
 A thousand benchmark tasks, or a dozen families fitted separately, are the same
-model on data sets of different sizes. Each data set is padded to the largest
-(padding rows masked out of the likelihood), and batches of them run as one
-program vectorised over data sets and chains (:class:`bayescale.engine.Sampler`
-with ``batched=True``), each data set with its own optimiser start and its own
-step-size and mass-matrix adaptation. Every batch has the same shape, so the
-program is compiled once for the whole job.
+model on data sets of different sizes. Loss cards fit each group's law; a downstream
+card fits each task's rise on its own (its prior is the card's prediction for a new task,
+:meth:`bayescale.downstream.DownstreamSpec.lone_task_prior`), where :func:`bayescale.fit`
+would pool the tasks. Each data set is padded to the largest (padding rows masked out of
+the likelihood), and batches of them run as one program vectorised over data sets and
+chains (:class:`bayescale.engine.Sampler` with ``batched=True``), each data set with its
+own optimiser start and its own step-size and mass-matrix adaptation. Every batch has the
+same shape, so the program is compiled once for the whole job.
+
+A vectorised NUTS iteration lasts as long as its longest trajectory in the batch. Data sets
+of similar difficulty (loss curves) batch well; downstream tasks do not (a task that has not
+risen wants trees ten times longer than one rising inside the data): on 2 CPU cores, 8 tasks
+ran at 0.47 fits/s one per batch against 0.30 four per batch, so for them use
+``batch_size=1`` with a :func:`process_pool` of one worker per core.
 
 Batches can also go to a ``concurrent.futures`` executor: a local process pool
 (:func:`process_pool`; spawned, never forked, because a forked JAX runtime
@@ -20,19 +28,22 @@ import time
 import warnings
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from . import downstream
 from .data import DataError, RunTable
 from .diagnostics import SamplerWarning, diagnose
+from .downstream import DownstreamFit, DownstreamSpec, NonCentredTasks, make_downstream_model
 from .engine import Settings, devices_for_batches, enable_compilation_cache, on_device, sampler_for, say
 from .fit import Fit, check_identifiable, to_inference_data
 from .model import centre_of, centred_inputs, make_model
-from .spec import ModelSpec, load_card
+from .posterior import Posterior
+from .spec import ModelSpec, is_downstream, load_card
 
 
 def fit_many(
@@ -50,7 +61,7 @@ def fit_many(
     executor: Executor | None = None,
     device: str | None = None,
     progress: bool = True,
-) -> dict[str, Fit]:
+) -> dict[str, Fit | DownstreamFit]:
     """Fit one card separately to each group of rows, many groups per compiled program.
 
     Parameters
@@ -60,7 +71,10 @@ def fit_many(
     by
         The grouping column: ``"family"``, ``"task"``, ``"seed"`` or any other column.
     model
-        The card fitted to every group (name, path or :class:`~bayescale.ModelSpec`).
+        The card fitted to every group (name, path, :class:`~bayescale.ModelSpec` or
+        :class:`~bayescale.downstream.DownstreamSpec`). A downstream card fits each group's tasks
+        separately, so group by ``"task"``; each task's prior is the card's prediction for a
+        new task (:meth:`~bayescale.downstream.DownstreamSpec.lone_task_prior`), and a group must hold one family.
     seed
         Seed of every random choice; group ``g`` (in sorted order) gets its own stream,
         so its draws do not depend on the batch it ran in.
@@ -68,8 +82,9 @@ def fit_many(
         NUTS settings, as in :func:`bayescale.fit`.
     batch_size
         Data sets per compiled program. Larger batches use the vector units and devices
-        better; every data set in a batch waits for the slowest one, and memory grows
-        with ``batch_size * num_chains * num_samples``.
+        better; every data set in a batch waits for the slowest one (downstream tasks on
+        CPU run fastest one per batch in a :func:`process_pool`: module docstring), and
+        memory grows with ``batch_size * num_chains * num_samples``.
     executor
         Where batches run: ``None`` runs them here, one after another; a
         ``concurrent.futures.Executor`` (:func:`process_pool`, :class:`RayExecutor`)
@@ -83,7 +98,8 @@ def fit_many(
     Returns
     -------
     dict
-        Group name -> :class:`~bayescale.Fit`, in sorted order of the group names.
+        Group name -> :class:`~bayescale.Fit` (:class:`~bayescale.DownstreamFit` for a downstream
+        card), in sorted order of the group names.
         Sampler problems are reported in one :class:`~bayescale.SamplerWarning` naming
         the groups concerned; each fit's ``diagnostics`` has the details.
 
@@ -96,12 +112,15 @@ def fit_many(
     if not isinstance(runs, RunTable):
         runs = RunTable(runs)
     spec = load_card(model)
-    if not isinstance(spec, ModelSpec):
-        raise ValueError(
-            f"card {spec.name!r} is a downstream card, which pools its tasks in one fit; use "
-            "bayescale.fit(runs, model=...) for it (fit_many batches loss cards)"
-        )
-    if spec.hierarchical:
+    if isinstance(spec, DownstreamSpec):
+        if spec.predictor != "log_flops":
+            raise ValueError(
+                f"card {spec.name!r} links accuracy to a loss law fitted jointly with every task; fit_many "
+                "fits tasks one at a time, so use bayescale.fit(runs, model=...) for it, or a card with "
+                'predictor = "log_flops" (e.g. downstream-sigmoid)'
+            )
+        spec.lone_task_prior()  # a card it cannot state a lone task's prior for fails here, before any work
+    elif spec.hierarchical:
         raise ValueError(
             f"card {spec.name!r} pools its groups in one fit, and fit_many fits each group on its own; "
             "use bayescale.fit(runs, model=...) for a hierarchical card, or a plain card here"
@@ -112,7 +131,8 @@ def fit_many(
     groups = _split(runs, by, spec)
     names = list(groups)
     largest = max(len(table) for table in groups.values())
-    prepared = {name: _prepare(table, spec, largest) for name, table in groups.items()}
+    prepare = _prepare_tasks if isinstance(spec, DownstreamSpec) else _prepare_losses
+    prepared = {name: prepare(table, spec, largest) for name, table in groups.items()}
 
     devices = devices_for_batches(batch_size, device) if executor is None else None
     width = min(batch_size, len(names))
@@ -137,14 +157,11 @@ def fit_many(
         results = [future.result() for future in futures]
 
     fits = {}
-    for batch, (samples, stats) in zip(batches, results):
+    for batch, (samples, stats, chosen) in zip(batches, results):
         for position, name in enumerate(batch):
-            group = prepared[name]
-            x = {k: v[: len(group.table)] for k, v in group.x.items()}
             pick = lambda arrays: {k: np.asarray(v[position]) for k, v in arrays.items()}  # noqa: E731
-            idata = to_inference_data(pick(samples), pick(stats), spec, group.table, x, group.centre, seed)
-            idata.attrs["group"] = f"{by}={name}"
-            fits[name] = Fit(idata=idata, spec=spec, diagnostics=diagnose(idata, list(spec.sampled_parameters)))
+            fits[name] = prepared[name].posterior(pick(samples), pick(stats), pick(chosen), seed)
+            fits[name].idata.attrs["group"] = f"{by}={name}"
     say(f"{len(fits)} fits in {time.perf_counter() - started:.1f} s", progress)
     troubled = [name for name, fitted in fits.items() if not fitted.diagnostics.ok]
     if troubled:
@@ -158,7 +175,7 @@ def fit_many(
     return fits
 
 
-def _split(runs: RunTable, by: str, spec: ModelSpec) -> dict[str, RunTable]:
+def _split(runs: RunTable, by: str, spec: ModelSpec | DownstreamSpec) -> dict[str, RunTable]:
     data = runs.data
     if by not in data:
         raise DataError(f"cannot group by {by!r}: the data have no such column (columns: {', '.join(data.columns)})")
@@ -168,55 +185,102 @@ def _split(runs: RunTable, by: str, spec: ModelSpec) -> dict[str, RunTable]:
     groups = {}
     for name, rows in data.groupby(by, sort=True):
         table = RunTable(rows.reset_index(drop=True), source=f"group {by}={name}")
-        check_identifiable(table, spec, where=f"group {by}={name}")
+        if isinstance(spec, DownstreamSpec):
+            tasks = table.data["task"].astype(str).unique() if "task" in table.data else []
+            if len(tasks) > 1:
+                raise DataError(
+                    f"group {by}={name} holds {len(tasks)} tasks ({', '.join(tasks[:5])}); a downstream card in fit_many "
+                    "fits each task on its own: group by 'task' (or pool the tasks with bayescale.fit)"
+                )
+            if len(table.families) > 1:
+                raise DataError(
+                    f"group {by}={name} holds {len(table.families)} families ({', '.join(table.families[:5])}); fit_many "
+                    "fits one family per group: group by a column that separates families as well (e.g. task and "
+                    "family joined), or pool them with bayescale.fit, which learns the families' shifts"
+                )
+        else:
+            check_identifiable(table, spec, where=f"group {by}={name}")
         groups[str(name)] = table
     return groups
 
 
 class _Group(NamedTuple):
-    """One group's data, padded to the batch's common length."""
+    """One group's model arguments, padded to the batch's common length, and how its draws become a fit."""
 
-    table: RunTable
-    x: dict
-    log_loss: np.ndarray
-    mask: np.ndarray
-    centre: dict
+    args: tuple
+    # (samples, statistics, inputs chosen in the batch, seed) -> the group's fit
+    posterior: Callable[[dict, dict, dict, int], Posterior]
 
 
-def _prepare(table: RunTable, spec: ModelSpec, length: int) -> _Group:
-    """Centred inputs, log losses and mask, padded to ``length`` rows."""
+def _prepare_losses(table: RunTable, spec: ModelSpec, length: int) -> _Group:
+    """A loss card's arguments ``(x, log_loss, mask)``, padded to ``length`` rows."""
     data = table.data
+    rows = len(data)
     centre = centre_of(table, spec)
     x = {k: np.asarray(v) for k, v in centred_inputs(data, centre).items()}
     log_loss = np.log(data["loss"].to_numpy(dtype=float))
-    pad = length - len(data)
+    pad = length - rows
     # Padding rows sit at the centre with the mean loss, so their (masked) terms stay finite.
-    x = {k: np.concatenate([v, np.zeros(pad)]) for k, v in x.items()}
-    mask = np.concatenate([np.ones(len(data), bool), np.zeros(pad, bool)])
+    padded_x = {k: np.concatenate([v, np.zeros(pad)]) for k, v in x.items()}
+    mask = np.concatenate([np.ones(rows, bool), np.zeros(pad, bool)])
     log_loss = np.concatenate([log_loss, np.full(pad, log_loss.mean())])
-    return _Group(table, x, log_loss, mask, centre)
+
+    def posterior(samples: dict, stats: dict, chosen: dict, seed: int) -> Fit:
+        idata = to_inference_data(samples, stats, spec, table, x, centre, seed)
+        return Fit(idata=idata, spec=spec, diagnostics=diagnose(idata, list(spec.sampled_parameters)))
+
+    return _Group((padded_x, log_loss, mask), posterior)
+
+
+def _prepare_tasks(table: RunTable, spec: DownstreamSpec, length: int) -> _Group:
+    """A downstream card's arguments ``(inputs,)`` for one task fitted alone, padded to ``length`` rows."""
+    evals = downstream.evaluations(table, spec)
+    centre = downstream.centre_of_evaluations(evals, spec)
+    inputs = {k: np.asarray(v) for k, v in downstream.model_inputs(evals, spec, centre).items()}
+    rows = len(evals.frame)
+    # Padding repeats the last row (valid values, so its masked terms stay finite).
+    padded = {k: np.pad(v, (0, length - rows), mode="edge") if v.shape[:1] == (rows,) else v for k, v in inputs.items()}
+    padded["mask"] = np.arange(length) < rows
+
+    def posterior(samples: dict, stats: dict, chosen: dict, seed: int) -> DownstreamFit:
+        samples = {**samples, "p": samples["p"][..., :rows]}
+        at = {**centre, "anchor": float(chosen["anchor"])}
+        idata = downstream.to_inference_data(samples, stats, spec, table, evals, at, seed, inputs["centring"], pooled=False)
+        return DownstreamFit(idata=idata, spec=spec, diagnostics=downstream.downstream_diagnostics(idata, spec))
+
+    return _Group((padded,), posterior)
 
 
 def _payload(batch: list[str], prepared: dict, keys: dict, width: int):
     """Stacked arguments and keys of one batch, filled up to ``width`` with copies of its
     first data set (their draws are discarded) so that every batch has one shape."""
     filled = batch + [batch[0]] * (width - len(batch))
-    x = {k: np.stack([prepared[name].x[k] for name in filled]) for k in prepared[batch[0]].x}
-    log_loss = np.stack([prepared[name].log_loss for name in filled])
-    mask = np.stack([prepared[name].mask for name in filled])
-    return (x, log_loss, mask), np.stack([np.asarray(keys[name]) for name in filled])
+    args = jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *[prepared[name].args for name in filled])
+    return args, np.stack([np.asarray(keys[name]) for name in filled])
 
 
 def _sample_batch(card_text: str, settings: Settings, payload, device: str | None = None, devices=None):
-    """Run one batch (here or in a worker process, on ``device``'s platform); returns NumPy samples and statistics."""
+    """Run one batch (here or in a worker process, on ``device``'s platform).
+
+    Returns NumPy samples and statistics, and the inputs chosen here per data set (a lone
+    task's onset anchor, :func:`bayescale.downstream.anchor_lone_tasks`)."""
     enable_compilation_cache()
-    spec = ModelSpec.from_toml(card_text)
-    (x, log_loss, mask), keys = payload
+    args, keys = payload
+    if is_downstream(card_text):
+        spec = DownstreamSpec.from_toml(card_text)
+        key, factory, start = ("one task", card_text), lambda: make_downstream_model(spec, 1, 1, pooled=False), NonCentredTasks(spec, pooled=False)
+    else:
+        spec = ModelSpec.from_toml(card_text)
+        key, factory, start = card_text, lambda: make_model(spec), None
     with on_device(device):
-        args = ({k: jnp.asarray(v) for k, v in x.items()}, jnp.asarray(log_loss), jnp.asarray(mask))
-        sampler = sampler_for(card_text, lambda: make_model(spec), args, settings, batched=True, devices=devices)
+        args = jax.tree_util.tree_map(jnp.asarray, args)
+        sampler = sampler_for(key, factory, args, settings, batched=True, devices=devices, start=start)
+        chosen = {}
+        if start is not None:
+            chosen["anchor"] = downstream.anchor_lone_tasks(spec, sampler, *args)
+            args = ({**args[0], "anchor": jnp.asarray(chosen["anchor"])},)
         draws = sampler.run(jnp.asarray(keys), args)
-    return draws.samples, draws.stats
+    return draws.samples, draws.stats, chosen
 
 
 def process_pool(workers: int = 2) -> ProcessPoolExecutor:

@@ -52,10 +52,18 @@ sd 0.3 decades), 6 steep tasks (slope 3-10 per decade, midpoints 10^21.5-10^24 F
 everything above predicted: 90% interval coverage, mean absolute error, and whether every
 task gets an ordered emergence interval.
 
+Workload ``tasks`` (issue 6): 500 simulated downstream tasks x 10 models (1e19-1e23 FLOP;
+midpoints 10^19.5-10^23.5 FLOP, slopes 0.5-4 per decade, chance 0, 0.25 or 0.5, ceilings
+0.6-0.95; 1,000 items, Beta-binomial scores of concentration 300). ``fit_many(by="task")``
+with ``downstream-sigmoid`` (each task alone, defaults: 4 chains x (1000 + 1000)), one task
+per batch in a spawned pool of 2 workers, against scipy ``curve_fit`` of the same sigmoid
+(chance known) with 200 bootstrap resamples per task: wall time, tasks converged, and 95%
+interval coverage of the true midpoints.
+
 Figures: wall time, min bulk ESS, ESS/s, ESS per 1,000 gradient evaluations (sampling phase),
 R-hat, peak memory. Results: benchmarks/results/<workload>.json and .md.
 
-Usage: python benchmarks/run.py [--workload chinchilla|many|hierarchical|borrowing|real-pooling|design|downstream|all] [--bootstrap 200] [--seed 0] [--worlds 3]
+Usage: python benchmarks/run.py [--workload chinchilla|many|hierarchical|borrowing|real-pooling|design|downstream|tasks|all] [--bootstrap 200] [--seed 0] [--worlds 3] [--tasks 500]
 """
 
 from __future__ import annotations
@@ -80,6 +88,7 @@ from scipy.special import logsumexp
 import bayescale as bs
 from bayescale import engine
 from bayescale._arviz import az
+from bayescale.parallel import process_pool
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -842,6 +851,83 @@ def downstream(args) -> dict:
     return _write("downstream", out, lines)
 
 
+def _task_world(tasks: int, seed: int):
+    rng = np.random.default_rng(seed)
+    truths = [
+        dict(task=f"t{i:03d}", midpoint_flops=10 ** rng.uniform(19.5, 23.5), slope=rng.uniform(0.5, 4), chance=float(rng.choice([0.0, 0.25, 0.5])), ceiling=rng.uniform(0.6, 0.95))
+        for i in range(tasks)
+    ]
+    runs = bs.datasets.simulate_evaluations(truths, np.logspace(19, 23, 10), n_items=1000, concentration=300, seed=seed + 1).data
+    return truths, runs
+
+
+def _sigmoid_bootstrap(frame, chance, resamples, rng):
+    """curve_fit of the sigmoid (chance known) and a bootstrap 95% interval of its midpoint
+    (log10 FLOP); resamples whose fit fails are dropped, as a user's loop would."""
+    x = np.log10(frame["flops"].to_numpy())
+    y = (frame["correct"] / frame["n_items"]).to_numpy()
+
+    def curve(x, midpoint, slope, ceiling):
+        return chance + (ceiling - chance) / (1.0 + np.exp(-slope * (x - midpoint)))
+
+    bounds = ([15.0, 0.01, chance + 1e-3], [30.0, 50.0, 1.0])
+    midpoints = []
+    for i in [np.arange(len(x))] + [rng.integers(0, len(x), len(x)) for _ in range(resamples)]:
+        try:
+            midpoints.append(scipy.optimize.curve_fit(curve, x[i], y[i], p0=(21.0, 1.0, 0.8), bounds=bounds, maxfev=5000)[0][0])
+        except (RuntimeError, ValueError):
+            continue
+    return np.quantile(midpoints[1:], [0.025, 0.975]) if len(midpoints) > 2 else (np.nan, np.nan)
+
+
+def tasks_workload(args) -> dict:
+    """Many downstream tasks, each fitted alone (module docstring)."""
+    truths, runs = _task_world(args.tasks, args.seed)
+    started = time.perf_counter()
+    with warnings.catch_warnings(), process_pool(2) as pool:
+        warnings.simplefilter("ignore")
+        fits = bs.fit_many(runs, by="task", model="downstream-sigmoid", seed=args.seed, batch_size=1, executor=pool, progress=False)
+    bayes_seconds = time.perf_counter() - started
+    converged = sum(f.diagnostics.ok for f in fits.values())
+    divergent = sum(f.diagnostics.divergences > 0 for f in fits.values())
+    high_r_hat = sum(f.diagnostics.max_r_hat >= 1.01 for f in fits.values())
+    low_ess = sum(f.diagnostics.min_ess_bulk < 400 for f in fits.values())
+    bayes_covered = 0
+    for truth in truths:
+        row = fits[truth["task"]].summary().set_index("parameter").loc[f"midpoint_flops[{truth['task']}]"]
+        bayes_covered += bool(row["q2.5"] <= truth["midpoint_flops"] <= row["q97.5"])
+
+    rng = np.random.default_rng(args.seed)
+    started = time.perf_counter()
+    boot_covered = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # curve_fit's covariance warnings on flat tasks
+        for truth in truths:
+            low, high = _sigmoid_bootstrap(runs[runs["task"] == truth["task"]], truth["chance"], args.bootstrap, rng)
+            boot_covered += bool(low <= np.log10(truth["midpoint_flops"]) <= high)
+    boot_seconds = time.perf_counter() - started
+
+    n = args.tasks
+    result = {
+        "machine": _machine(),
+        "tasks": n,
+        "fit_many": {"seconds": bayes_seconds, "fits_per_second": n / bayes_seconds, "converged": converged, "with_divergences": divergent, "r_hat_over_1.01": high_r_hat, "bulk_ess_under_400": low_ess, "midpoint_95_coverage": bayes_covered / n},
+        "curve_fit_bootstrap": {"seconds": boot_seconds, "resamples": args.bootstrap, "fits_per_second": n / boot_seconds, "midpoint_95_coverage": boot_covered / n},
+    }
+    lines = [
+        f"{n} simulated downstream tasks x 10 models (Beta-binomial scores, 1,000 items). bayescale: `fit_many(by=\"task\")`, "
+        "downstream-sigmoid, each task alone, 4 chains x (1000 + 1000), one task per batch, spawned pool of 2 workers (compilation included).",
+        "",
+        "| method | wall (s) | fits/s | converged (R-hat < 1.01, bulk ESS >= 400, no divergences) | 95% coverage of the true midpoint |",
+        "|---|---|---|---|---|",
+        f"| bayescale fit_many | {bayes_seconds:.0f} | {n / bayes_seconds:.2f} | {converged}/{n} ({divergent} with divergences, {high_r_hat} R-hat >= 1.01, {low_ess} bulk ESS < 400) | {bayes_covered}/{n} |",
+        f"| scipy curve_fit + {args.bootstrap} bootstrap resamples | {boot_seconds:.0f} | {n / boot_seconds:.2f} | - | {boot_covered}/{n} |",
+        "",
+        f"Ratio of wall times (bayescale / bootstrap): {bayes_seconds / boot_seconds:.2f}. Machine: {result['machine']}.",
+    ]
+    return _write("tasks", result, lines)
+
+
 def _interval(pair):
     return f"{pair[0]:.3f}-{pair[1]:.3f}"
 
@@ -862,10 +948,11 @@ def _write(name, result, lines):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=("chinchilla", "many", "hierarchical", "borrowing", "real-pooling", "design", "downstream", "all"), default="all")
+    parser.add_argument("--workload", choices=("chinchilla", "many", "hierarchical", "borrowing", "real-pooling", "design", "downstream", "tasks", "all"), default="all")
     parser.add_argument("--worlds", type=int, default=3, help="simulated worlds of the hierarchical workload")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default 200)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tasks", type=int, default=500, help="simulated tasks of the tasks workload")
     arguments = parser.parse_args()
     if arguments.workload in ("chinchilla", "all"):
         chinchilla(arguments)
@@ -881,3 +968,5 @@ if __name__ == "__main__":
         design(arguments)
     if arguments.workload in ("downstream", "all"):
         downstream(arguments)
+    if arguments.workload in ("tasks", "all"):
+        tasks_workload(arguments)

@@ -250,11 +250,6 @@ def test_backtest_of_accuracies(backtest_result):
     assert summary["mean_abs_error"].iloc[0] < 0.15
 
 
-def test_fit_many_points_to_fit_for_downstream_cards(evals):
-    with pytest.raises(ValueError, match="downstream card"):
-        bs.fit_many(evals, by="task", model="downstream-sigmoid")
-
-
 def test_fit_from_accuracies_without_item_counts(evals):
     """The Beta fallback fits and predicts (tiny settings: this checks the path, not calibration)."""
     data = evals.data
@@ -276,3 +271,64 @@ def test_report_of_a_downstream_fit(backtest_result, tmp_path):
     assert text.count("data:image/png;base64,") == 3  # accuracy panels, emergence, backtest
     # The task that never rises within the data has emergence draws beyond any compute, shown as words.
     assert "never" in text
+
+
+def test_lone_task_prior_matches_the_population_prediction():
+    """Mean and variance of w ~ Normal(mu, tau), mu and tau from the card's priors, by Monte Carlo:
+    2e5 draws put the standard error of a variance near 0.3%, so 3% is a loose, honest bound."""
+    spec = load_card("downstream-sigmoid")
+    mean, spread = spec.lone_task_prior()
+    rng = np.random.default_rng(0)
+    for j, name in enumerate(("midpoint", "log_slope", "ceiling_logit")):
+        args = spec.priors[name].arguments
+        mu = rng.normal(args["loc"], args["scale"], 200_000)
+        tau = rng.gamma(4.0, spec.task_spread[name].scale / 4.0, 200_000)
+        w = rng.normal(mu, tau)
+        assert w.mean() == pytest.approx(mean[j], abs=0.02)
+        assert w.std() == pytest.approx(spread[j], rel=0.03)
+
+
+def test_log_rising_is_exact_where_the_lgamma_difference_cancels():
+    """Against the product it stands for, summed in float64 (k <= 1000 terms: error ~1e-13)."""
+    from bayescale.downstream import log_rising
+
+    for x in (0.3, 5.0, 9.99, 10.0, 50.0, 1e4, 1e8, 1e14):
+        for k in (0, 1, 7, 300, 1000):
+            exact = np.log(x + np.arange(k)).sum()
+            assert float(log_rising(x, float(k))) == pytest.approx(exact, rel=1e-10, abs=1e-10), (x, k)
+
+
+def test_beta_binomial_kernel_is_the_log_pmf_less_the_binomial_coefficient():
+    """Against the Beta-binomial's product form, summed in float64, and against numpyro's
+    log_prob (whose lgamma differences agree to ~1e-7 here), up to the binomial coefficient."""
+    import numpyro.distributions as dist
+    from scipy.special import gammaln
+
+    from bayescale.downstream import beta_binomial_kernel
+
+    k, n = np.array([0.0, 3.0, 250.0, 1000.0, 600.0]), np.array([10.0, 50.0, 1000.0, 1000.0, 1000.0])
+    a, b = np.array([0.5, 20.0, 150.0, 299.0, 5.5e13]), np.array([2.0, 80.0, 150.0, 1.0, 4.5e13])
+    got = np.asarray(beta_binomial_kernel(k, n, a, b))
+    rising = lambda x, m: np.log(x + np.arange(m)).sum()  # noqa: E731
+    exact = [rising(ai, int(ki)) + rising(bi, int(ni - ki)) - rising(ai + bi, int(ni)) for ki, ni, ai, bi in zip(k, n, a, b)]
+    np.testing.assert_allclose(got, exact, rtol=1e-10)
+    coefficient = gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1)
+    np.testing.assert_allclose(got[:4] + coefficient[:4], np.asarray(dist.BetaBinomial(a[:4], b[:4], n[:4]).log_prob(k[:4])), rtol=1e-6)
+
+
+def test_padding_rows_leave_a_lone_tasks_density_unchanged():
+    """Masked padding (bayescale.parallel) adds nothing to the log density."""
+    from numpyro.infer.util import log_density
+
+    from bayescale.downstream import centre_of_evaluations, make_downstream_model, model_inputs
+
+    spec = load_card("downstream-sigmoid")
+    runs = simulate_evaluations(TASKS[:1], FLOPS, n_items=800, seed=3)
+    evals = evaluations(runs, spec)
+    inputs = {k: np.asarray(v) for k, v in model_inputs(evals, spec, centre_of_evaluations(evals, spec)).items()}
+    model = make_downstream_model(spec, 1, 1, pooled=False)
+    params = {"task_raw": np.array([[-1.0, 0.5, 1.2]]), "concentration": 150.0}
+    plain = log_density(model, ({**inputs, "mask": np.ones(len(FLOPS), bool)},), {}, params)[0]
+    padded = {k: np.pad(v, (0, 3), mode="edge") if v.shape[:1] == (len(FLOPS),) else v for k, v in inputs.items()}
+    padded["mask"] = np.arange(len(FLOPS) + 3) < len(FLOPS)
+    assert float(log_density(model, (padded,), {}, params)[0]) == pytest.approx(float(plain), rel=1e-12)
