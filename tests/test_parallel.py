@@ -165,6 +165,8 @@ def test_a_lone_task_fit_saves_and_predicts(lone_fits, tmp_path):
     np.testing.assert_allclose(loaded.task_draws("rising")["midpoint"], fitted.task_draws("rising")["midpoint"])
     predicted = loaded.predict([1e23], task="rising")
     assert 0.25 < predicted["q50"].iloc[0] < 0.95
+    threshold = bs.emergence(loaded).set_index("quantity").loc["threshold_flops"]
+    assert threshold["q2.5"] < threshold["q50"] < 1e21  # 10% of the headroom is reached before the midpoint
 
 
 def test_lone_task_anchor_sits_at_the_rise_or_the_data_end(lone_fits):
