@@ -448,14 +448,13 @@ def make_downstream_model(spec: DownstreamSpec, num_tasks: int, num_families: in
         phi = numpyro.sample("concentration", priors["concentration"])
         # ``mask`` leaves out the padding rows of a task batched with larger ones (bayescale.parallel).
         with numpyro.plate("eval", p.shape[0]), numpyro.handlers.mask(mask=inputs.get("mask", True)):
-            if "n_items" in inputs and observed and spec.likelihood == "beta_binomial":
-                numpyro.factor("correct", beta_binomial_kernel(inputs["correct"], inputs["n_items"], p * phi, (1.0 - p) * phi))
-            elif "n_items" in inputs:
+            if "n_items" in inputs:
                 if spec.likelihood == "binomial":
-                    noise = dist.Binomial(inputs["n_items"], probs=p)
+                    numpyro.sample("correct", dist.Binomial(inputs["n_items"], probs=p), obs=inputs["correct"] if observed else None)
+                elif observed:
+                    numpyro.factor("correct", beta_binomial_kernel(inputs["correct"], inputs["n_items"], p * phi, (1.0 - p) * phi))
                 else:
-                    noise = dist.BetaBinomial(p * phi, (1.0 - p) * phi, inputs["n_items"])
-                numpyro.sample("correct", noise, obs=inputs["correct"] if observed else None)
+                    numpyro.sample("correct", dist.BetaBinomial(p * phi, (1.0 - p) * phi, inputs["n_items"]))
             else:
                 accuracy = jnp.clip(inputs["accuracy"], EDGE, 1.0 - EDGE)
                 numpyro.sample("accuracy", dist.Beta(p * phi, (1.0 - p) * phi), obs=accuracy if observed else None)

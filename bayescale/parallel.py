@@ -266,7 +266,8 @@ def _sample_batch(card_text: str, settings: Settings, payload, device: str | Non
     task's onset anchor, :func:`bayescale.downstream.anchor_lone_tasks`)."""
     enable_compilation_cache()
     args, keys = payload
-    if is_downstream(card_text):
+    lone_tasks = is_downstream(card_text)
+    if lone_tasks:
         spec = DownstreamSpec.from_toml(card_text)
         key, factory, start = ("one task", card_text), lambda: make_downstream_model(spec, 1, 1, pooled=False), NonCentredTasks(spec, pooled=False)
     else:
@@ -276,7 +277,7 @@ def _sample_batch(card_text: str, settings: Settings, payload, device: str | Non
         args = jax.tree_util.tree_map(jnp.asarray, args)
         sampler = sampler_for(key, factory, args, settings, batched=True, devices=devices, start=start)
         chosen = {}
-        if start is not None:
+        if lone_tasks:
             chosen["anchor"] = downstream.anchor_lone_tasks(spec, sampler, *args)
             args = ({**args[0], "anchor": jnp.asarray(chosen["anchor"])},)
         draws = sampler.run(jnp.asarray(keys), args)

@@ -88,6 +88,7 @@ from scipy.special import logsumexp
 import bayescale as bs
 from bayescale import engine
 from bayescale._arviz import az
+from bayescale.diagnostics import MAX_R_HAT, MIN_ESS
 from bayescale.parallel import process_pool
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -890,8 +891,8 @@ def tasks_workload(args) -> dict:
     bayes_seconds = time.perf_counter() - started
     converged = sum(f.diagnostics.ok for f in fits.values())
     divergent = sum(f.diagnostics.divergences > 0 for f in fits.values())
-    high_r_hat = sum(f.diagnostics.max_r_hat >= 1.01 for f in fits.values())
-    low_ess = sum(f.diagnostics.min_ess_bulk < 400 for f in fits.values())
+    high_r_hat = sum(f.diagnostics.max_r_hat >= MAX_R_HAT for f in fits.values())
+    low_ess = sum(f.diagnostics.min_ess_bulk < MIN_ESS for f in fits.values())
     bayes_covered = 0
     for truth in truths:
         row = fits[truth["task"]].summary().set_index("parameter").loc[f"midpoint_flops[{truth['task']}]"]
