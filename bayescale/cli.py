@@ -60,7 +60,7 @@ def _cmd_fit(args) -> None:
         print(f"bayescale: wrote {path}", file=sys.stderr)
         _emit(_summary_payload(result), result.summary(), args.format)
         return
-    fits = bs.fit_many(runs, by=args.by, batch_size=args.batch_size, **sampler)
+    fits = bs.fit_many(runs, by=args.by, batch_size=args.batch_size, sampler=args.sampler, **sampler)
     out = Path(args.out)
     rows, payload = [], {}
     for name, result in fits.items():
@@ -219,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-accept", type=float, default=None, help="NUTS target acceptance (default: the card's, usually 0.8; raise to 0.95 on divergences)")
     p.add_argument("--by", help="fit each group of this column (task, family, ...) separately, many per compiled program")
     p.add_argument("--batch-size", type=int, default=64, help="groups per compiled program with --by (default 64)")
+    p.add_argument(
+        "--sampler", choices=("auto", "nuts"), default="auto",
+        help="with --by and a downstream card: auto (default) draws each task by independence Metropolis-Hastings "
+        "and refits with NUTS any task that fails a check; nuts uses NUTS for every task",
+    )
     p.add_argument("--min-fraction-of-training", type=float, help="drop checkpoints before this fraction of their run's tokens (e.g. 0.1)")
     p.add_argument("--min-tokens", type=float, help="drop checkpoints with fewer tokens than this")
     _add_sampler(p)

@@ -1,8 +1,10 @@
-"""Sampler diagnostics with advice: R-hat, bulk/tail ESS, divergences, E-BFMI.
+"""Sampler diagnostics with advice: R-hat, bulk/tail ESS, divergences, E-BFMI, and the
+Pareto shape of an independence sampler's proposal.
 
 Thresholds follow Vehtari et al. (2021), "Rank-normalization, folding, and
 localization: An improved R-hat", sec. 4: R-hat < 1.01 and ESS > 400 (100 per
-chain for 4 chains).
+chain for 4 chains); for the Pareto shape, Vehtari et al. (2024), "Pareto smoothed
+importance sampling", JMLR 25: k < 0.7.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._arviz import az
+from .independence import MAX_PARETO_K
 
 MAX_R_HAT = 1.01
 MIN_ESS = 400
@@ -44,6 +47,9 @@ class Diagnostics:
         Smallest per-chain E-BFMI.
     num_chains, num_samples
         Chains and draws per chain.
+    pareto_k
+        Independence sampling only (``idata.attrs["sampler"]``): the Pareto shape of its
+        proposal's importance ratios; NaN for NUTS.
     problems
         Plain-language descriptions of each problem, with what to try.
     """
@@ -55,6 +61,7 @@ class Diagnostics:
     min_bfmi: float
     num_chains: int
     num_samples: int
+    pareto_k: float = float("nan")
     problems: tuple[str, ...] = field(default=())
 
     @property
@@ -72,6 +79,7 @@ class Diagnostics:
             "min_bfmi": _json_float(self.min_bfmi),
             "num_chains": self.num_chains,
             "num_samples": self.num_samples,
+            "pareto_k": _json_float(self.pareto_k),
             "problems": list(self.problems),
         }
 
@@ -95,6 +103,7 @@ def diagnose(idata, var_names: list[str]) -> Diagnostics:
     ess_tail = float(az.ess(posterior, method="tail").to_array().min())
     r_hat = float(az.rhat(posterior).to_array().max()) if num_chains > 1 else float("nan")
     bfmi = float(np.min(az.bfmi(idata))) if "energy" in idata.sample_stats else float("nan")
+    pareto_k = float(idata.attrs.get("pareto_k", np.nan))
 
     problems = []
     if divergences:
@@ -122,4 +131,11 @@ def diagnose(idata, var_names: list[str]) -> Diagnostics:
             f"E-BFMI {bfmi:.2f} < {MIN_BFMI}: the sampler explores the posterior's energy poorly; "
             "a reparameterisation or tighter priors may help."
         )
-    return Diagnostics(divergences, r_hat, ess_bulk, ess_tail, bfmi, num_chains, num_samples, tuple(problems))
+    if "pareto_k" in idata.attrs and not pareto_k < MAX_PARETO_K:
+        problems.append(
+            f"Pareto k {pareto_k:.2f} >= {MAX_PARETO_K}: the independence sampler's proposal misses part of "
+            "the posterior, so its draws may too; refit with NUTS (sampler=\"nuts\")."
+        )
+    return Diagnostics(
+        divergences, r_hat, ess_bulk, ess_tail, bfmi, num_chains, num_samples, pareto_k=pareto_k, problems=tuple(problems)
+    )

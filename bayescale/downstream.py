@@ -590,7 +590,7 @@ class NonCentredTasks:
         return {**latent, "task_raw": jnp.concatenate([onset[:, None], rest], axis=1)}
 
 
-def anchor_lone_tasks(spec: DownstreamSpec, sampler, inputs: dict) -> np.ndarray:
+def anchor_lone_tasks(spec: DownstreamSpec, mode: dict, inputs: dict) -> np.ndarray:
     """Where each lone task's onset is measured from, for a batch of tasks fitted one by one.
 
     The onset coordinate ``o = slope * (midpoint - anchor)`` (:func:`_task_coordinates`) turns a
@@ -605,12 +605,21 @@ def anchor_lone_tasks(spec: DownstreamSpec, sampler, inputs: dict) -> np.ndarray
     has not risen, its smallest for one that had risen before the data, and the rise itself in
     between. Any anchor fixed before sampling gives the same posterior.
 
+    Parameters
+    ----------
+    spec
+        The card.
+    mode
+        The posterior modes of a batch of lone tasks, non-centred
+        (:meth:`bayescale.engine.Sampler.laplace` of a sampler started by :class:`NonCentredTasks`).
+    inputs
+        The batch's model inputs (a leading data-set axis).
+
     Returns
     -------
     numpy.ndarray
-        One anchor per data set of the batch (``inputs`` has a leading data-set axis).
+        One anchor per data set of the batch.
     """
-    mode, _, _ = sampler.laplace((inputs,))
     mean, spread = spec.lone_task_prior()
     midpoint = mean[0] + spread[0] * np.asarray(mode["task_raw"])[:, 0, 0]  # non-centred at the mode
     x, mask = np.asarray(inputs["x"]), np.asarray(inputs["mask"])

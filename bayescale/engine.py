@@ -43,6 +43,8 @@ from numpyro.infer.hmc import hmc
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import constrain_fn, potential_energy
 
+from . import independence
+
 #: Most NUTS iterations per call of the compiled program (progress is reported between calls).
 CHUNK = 250
 
@@ -95,11 +97,15 @@ class Draws:
     seconds
         Wall time of the run (optimisation, warm-up and sampling; compilation included
         where the program was not compiled yet).
+    pareto_k
+        Independence sampling only (:meth:`Sampler.run_independent`): the Pareto shape of
+        the proposal's importance ratios (one per data set when batched).
     """
 
     samples: dict
     stats: dict
     seconds: float
+    pareto_k: np.ndarray | None = None
 
 
 def _latent_layout(model, args) -> dict:
@@ -276,16 +282,30 @@ class Sampler:
         self._advance = jax.jit(advance_chains)
         self._constrain = jax.jit(constrain_draws)
 
-        if start is not None:
+        def laplace(args):
+            # From where the chains' optimisers start, less their jitter, in the start's coordinates.
+            if start is None:
+                return find_mode(partial(potential, args=args), jnp.zeros(self.dim))
+            z0 = ravel_pytree(start.initial(unravel(jnp.zeros(self.dim))))[0]
+            return find_mode(partial(potential, args=start.args(args)), z0)
 
-            @jax.jit
-            def laplace(args):
-                # From where the chains' optimisers start, less their jitter.
-                z0 = ravel_pytree(start.initial(unravel(jnp.zeros(self.dim))))[0]
-                z, hessian = find_mode(partial(potential, args=start.args(args)), z0)
-                return unravel(z), hessian
+        def independent(key, args, z_start):
+            # From the Laplace approximation at one mode (``laplace``'s): the proposal's adaptation,
+            # not several chains' starts, is what explores here. The optimiser is left out of this
+            # program: it would double its compilation time, and the mode is often known already.
+            z_mode = z_start if start is None else ravel_pytree(start.convert(unravel(z_start), args))[0]
+            precision = jax.hessian(partial(potential, args=args))(z_mode)
+            return independence.sample(
+                partial(potential, args=args), z_mode, _covariance(precision), key,
+                num_chains=settings.num_chains, num_samples=settings.num_samples,
+            )
 
-            self._laplace = jax.jit(jax.vmap(laplace)) if batched else laplace
+        # Compiled on first use only: most samplers never run them.
+        self._laplace = jax.jit(jax.vmap(laplace) if batched else laplace)
+        self._independent = jax.jit(jax.vmap(independent) if batched else independent)
+        self._unravel = jax.vmap(unravel) if batched else unravel
+        ravel = lambda tree: ravel_pytree(tree)[0]  # noqa: E731
+        self._ravel = jax.vmap(ravel) if batched else ravel
         self._positions = jax.tree_util.tree_map(np.asarray, unravel(jnp.arange(self.dim)))
 
     def laplace(self, args: tuple) -> tuple[dict, np.ndarray, dict]:
@@ -293,11 +313,11 @@ class Sampler:
 
         Returns the mode by site, the Hessian of the flat unconstrained vector, and each site's
         positions in that vector (with a leading data-set axis on the first two when batched).
-        Only for a sampler built with ``start``
-        (:mod:`bayescale.hierarchy` uses it to decide which family coordinates the data pin down).
+        For a sampler built without ``start``, the sampling coordinates are the start's.
+        (:mod:`bayescale.hierarchy` uses it to decide which family coordinates the data pin down.)
         """
         mode, hessian = self._laplace(args)
-        return jax.tree_util.tree_map(np.asarray, mode), np.asarray(hessian), self._positions
+        return jax.tree_util.tree_map(np.asarray, self._unravel(mode)), np.asarray(hessian), self._positions
 
     def run(self, rng_key, args: tuple, *, progress: bool = False) -> Draws:
         """Optimise, warm up and sample every chain.
@@ -343,6 +363,44 @@ class Sampler:
             samples={k: np.asarray(v) for k, v in samples.items()},
             stats={STATISTICS[k]: v for k, v in collected.items()},
             seconds=time.perf_counter() - started,
+        )
+
+
+    def run_independent(self, rng_key, args: tuple, mode: dict | None = None) -> Draws:
+        """Draw every chain by independence Metropolis-Hastings from a proposal adapted to the
+        posterior (:mod:`bayescale.independence`), instead of NUTS.
+
+        For small posteriors (a handful of parameters) whose log density is cheap: every
+        evaluation is vectorised, with no sequential leapfrog steps. Chains are exact MCMC,
+        but only as good as the proposal's coverage: check the returned ``pareto_k`` (one per
+        data set when batched) against :data:`bayescale.independence.MAX_PARETO_K`, as well as
+        R-hat and the effective sample size.
+
+        Parameters
+        ----------
+        rng_key
+            JAX PRNG key (one per data set, shape ``(K, 2)``, when batched).
+        args
+            The model's arguments (with a leading data-set axis when batched).
+        mode
+            The posterior mode in the start's coordinates, as :meth:`laplace` returns it, when
+            known already; found here otherwise.
+
+        Returns
+        -------
+        Draws
+            Statistics are ``diverging`` (never) and ``acceptance_rate``; ``pareto_k`` is set.
+        """
+        started = time.perf_counter()
+        z_start = self._laplace(args)[0] if mode is None else self._ravel(mode)
+        z, accept_prob, log_weights = self._independent(rng_key, args, z_start)
+        samples = self._constrain(z, args)
+        accept_prob = np.asarray(accept_prob)
+        return Draws(
+            samples={k: np.asarray(v) for k, v in samples.items()},
+            stats={"diverging": np.zeros(accept_prob.shape, bool), "acceptance_rate": accept_prob},
+            seconds=time.perf_counter() - started,
+            pareto_k=independence.pareto_k(np.asarray(log_weights)),
         )
 
 

@@ -13,8 +13,10 @@ same shape, so the program is compiled once for the whole job.
 A vectorised NUTS iteration lasts as long as its longest trajectory in the batch. Data sets
 of similar difficulty (loss curves) batch well; downstream tasks do not (a task that has not
 risen wants trees ten times longer than one rising inside the data): on 2 CPU cores, 8 tasks
-ran at 0.47 fits/s one per batch against 0.30 four per batch, so for them use
-``batch_size=1`` with a :func:`process_pool` of one worker per core.
+ran at 0.47 fits/s one per batch against 0.30 four per batch. So a downstream card's tasks
+are drawn first by independence Metropolis-Hastings (``sampler="auto"``,
+:mod:`bayescale.independence`), whose batches do no sequential gradient steps and wait for no
+task; the few tasks whose draws fail a check are refitted with NUTS, one per batch on CPU.
 
 Batches can also go to a ``concurrent.futures`` executor: a local process pool
 (:func:`process_pool`; spawned, never forked, because a forked JAX runtime
@@ -60,6 +62,7 @@ def fit_many(
     batch_size: int = 64,
     executor: Executor | None = None,
     device: str | None = None,
+    sampler: str = "auto",
     progress: bool = True,
 ) -> dict[str, Fit | DownstreamFit]:
     """Fit one card separately to each group of rows, many groups per compiled program.
@@ -82,9 +85,9 @@ def fit_many(
         NUTS settings, as in :func:`bayescale.fit`.
     batch_size
         Data sets per compiled program. Larger batches use the vector units and devices
-        better; every data set in a batch waits for the slowest one (downstream tasks on
-        CPU run fastest one per batch in a :func:`process_pool`: module docstring), and
-        memory grows with ``batch_size * num_chains * num_samples``.
+        better; with NUTS every data set in a batch waits for the slowest one (so NUTS refits
+        of downstream tasks run one per batch on CPU: module docstring), and memory grows with
+        ``batch_size * num_chains * num_samples``.
     executor
         Where batches run: ``None`` runs them here, one after another; a
         ``concurrent.futures.Executor`` (:func:`process_pool`, :class:`RayExecutor`)
@@ -92,6 +95,14 @@ def fit_many(
     device
         Where batches run: ``"cpu"``, ``"gpu"`` or ``"tpu"``; default JAX's default platform.
         On accelerators a batch is split across the platform's devices.
+    sampler
+        ``"auto"``: downstream tasks are drawn first by independence Metropolis-Hastings from
+        an adapted proposal (:mod:`bayescale.independence`; no sequential leapfrog steps, so
+        a batch does not wait for its slowest task), and any task whose draws fail a check
+        (R-hat, ESS, the proposal's Pareto k) is refitted with NUTS; loss cards use NUTS.
+        ``"nuts"``: NUTS for every group. A downstream fit's ``attrs["sampler"]`` says which made it.
+        ``num_warmup`` and ``target_accept`` apply to NUTS only; the independence sampler
+        keeps ``num_samples`` draws in each of ``num_chains`` chains.
     progress
         Print progress to stderr.
 
@@ -126,6 +137,8 @@ def fit_many(
             "use bayescale.fit(runs, model=...) for a hierarchical card, or a plain card here"
         )
     settings = Settings(num_chains, num_warmup, num_samples, target_accept or spec.target_accept, max_tree_depth)
+    if sampler not in ("auto", "nuts"):
+        raise ValueError(f'sampler must be "auto" or "nuts", got {sampler!r}')
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     groups = _split(runs, by, spec)
@@ -135,33 +148,23 @@ def fit_many(
     prepared = {name: prepare(table, spec, largest) for name, table in groups.items()}
 
     devices = devices_for_batches(batch_size, device) if executor is None else None
-    width = min(batch_size, len(names))
-    if devices:
-        width = -(-width // len(devices)) * len(devices)  # a whole number of data sets per device
-    batches = [names[i : i + width] for i in range(0, len(names), width)]
-    say(
-        f"fitting card {spec.name!r} to {len(names)} groups by {by!r} (up to {largest} observations each) in "
-        f"{len(batches)} batch(es) of {width}: {num_chains} chains x ({num_warmup} warm-up + {num_samples} draws)",
-        progress,
-    )
+    say(f"fitting card {spec.name!r} to {len(names)} groups by {by!r} (up to {largest} observations each)", progress)
     keys = {name: jax.random.fold_in(jax.random.PRNGKey(seed), index) for index, name in enumerate(names)}
+    run = dict(spec=spec, settings=settings, prepared=prepared, keys=keys, by=by, seed=seed, batch_size=batch_size, executor=executor, device=device, devices=devices, progress=progress)
     started = time.perf_counter()
-    payloads = [_payload(batch, prepared, keys, width) for batch in batches]
-    if executor is None:
-        results = []
-        for number, payload in enumerate(payloads, 1):
-            results.append(_sample_batch(spec.text, settings, payload, device=device, devices=devices))
-            say(f"batch {number}/{len(batches)} done ({time.perf_counter() - started:.1f} s)", progress)
+    if sampler == "auto" and isinstance(spec, DownstreamSpec):
+        fits = _fit_groups(names, "independence", **run)
+        retry = [name for name in names if not fits[name].diagnostics.ok]
+        say(f"{len(names) - len(retry)} of {len(names)} fits passed every check by independence sampling ({time.perf_counter() - started:.1f} s)", progress)
+        if retry:
+            say(f"refitting {len(retry)} with NUTS", progress)
+            if (device or jax.default_backend()) == "cpu":
+                # A vectorised NUTS batch waits for its slowest task, and the tasks left here are
+                # the hard ones: on CPU each runs alone (module docstring).
+                run["batch_size"] = 1
+            fits.update(_fit_groups(retry, "nuts", **run))
     else:
-        futures = [executor.submit(_sample_batch, spec.text, settings, payload, device=device) for payload in payloads]
-        results = [future.result() for future in futures]
-
-    fits = {}
-    for batch, (samples, stats, chosen) in zip(batches, results):
-        for position, name in enumerate(batch):
-            pick = lambda arrays: {k: np.asarray(v[position]) for k, v in arrays.items()}  # noqa: E731
-            fits[name] = prepared[name].posterior(pick(samples), pick(stats), pick(chosen), seed)
-            fits[name].idata.attrs["group"] = f"{by}={name}"
+        fits = _fit_groups(names, "nuts", **run)
     say(f"{len(fits)} fits in {time.perf_counter() - started:.1f} s", progress)
     troubled = [name for name, fitted in fits.items() if not fitted.diagnostics.ok]
     if troubled:
@@ -172,6 +175,37 @@ def fit_many(
             SamplerWarning,
             stacklevel=2,
         )
+    return fits
+
+
+def _fit_groups(names: list[str], method: str, *, spec, settings, prepared, keys, by, seed, batch_size, executor, device, devices, progress) -> dict:
+    """Fit the groups ``names`` in batches of up to ``batch_size`` with ``method`` (``"nuts"`` or ``"independence"``)."""
+    width = min(batch_size, len(names))
+    if devices:
+        width = -(-width // len(devices)) * len(devices)  # a whole number of data sets per device
+    batches = [names[i : i + width] for i in range(0, len(names), width)]
+    what = "NUTS" if method == "nuts" else "independence sampling"
+    say(
+        f"{what}: {len(names)} groups in {len(batches)} batch(es) of {width}, {settings.num_chains} chains x "
+        f"({settings.num_warmup if method == 'nuts' else 'adapted proposal'} + {settings.num_samples} draws)",
+        progress,
+    )
+    started = time.perf_counter()
+    payloads = [_payload(batch, prepared, keys, width) for batch in batches]
+    if executor is None:
+        results = []
+        for number, payload in enumerate(payloads, 1):
+            results.append(_sample_batch(spec.text, settings, payload, device=device, devices=devices, method=method))
+            say(f"batch {number}/{len(batches)} done ({time.perf_counter() - started:.1f} s)", progress)
+    else:
+        futures = [executor.submit(_sample_batch, spec.text, settings, payload, device=device, method=method) for payload in payloads]
+        results = [future.result() for future in futures]
+    fits = {}
+    for batch, (samples, stats, chosen) in zip(batches, results):
+        for position, name in enumerate(batch):
+            pick = lambda arrays: {k: np.asarray(v[position]) for k, v in arrays.items()}  # noqa: E731
+            fits[name] = prepared[name].posterior(pick(samples), pick(stats), pick(chosen), seed)
+            fits[name].idata.attrs["group"] = f"{by}={name}"
     return fits
 
 
@@ -246,6 +280,9 @@ def _prepare_tasks(table: RunTable, spec: DownstreamSpec, length: int) -> _Group
         samples = {**samples, "p": samples["p"][..., :rows]}
         at = {**centre, "anchor": float(chosen["anchor"])}
         idata = downstream.to_inference_data(samples, stats, spec, table, evals, at, seed, inputs["centring"], pooled=False)
+        idata.attrs["sampler"] = "independence" if "pareto_k" in chosen else "nuts"
+        if "pareto_k" in chosen:
+            idata.attrs["pareto_k"] = float(chosen["pareto_k"])
         return DownstreamFit(idata=idata, spec=spec, diagnostics=downstream.downstream_diagnostics(idata, spec))
 
     return _Group((padded,), posterior)
@@ -259,11 +296,13 @@ def _payload(batch: list[str], prepared: dict, keys: dict, width: int):
     return args, np.stack([np.asarray(keys[name]) for name in filled])
 
 
-def _sample_batch(card_text: str, settings: Settings, payload, device: str | None = None, devices=None):
-    """Run one batch (here or in a worker process, on ``device``'s platform).
+def _sample_batch(card_text: str, settings: Settings, payload, device: str | None = None, devices=None, method: str = "nuts"):
+    """Run one batch (here or in a worker process, on ``device``'s platform) with ``method``
+    (``"nuts"``, or ``"independence"``: :meth:`bayescale.engine.Sampler.run_independent`).
 
-    Returns NumPy samples and statistics, and the inputs chosen here per data set (a lone
-    task's onset anchor, :func:`bayescale.downstream.anchor_lone_tasks`)."""
+    Returns NumPy samples and statistics, and what was chosen or measured here per data set
+    (a lone task's onset anchor, :func:`bayescale.downstream.anchor_lone_tasks`; the
+    independence sampler's Pareto k)."""
     enable_compilation_cache()
     args, keys = payload
     lone_tasks = is_downstream(card_text)
@@ -276,11 +315,16 @@ def _sample_batch(card_text: str, settings: Settings, payload, device: str | Non
     with on_device(device):
         args = jax.tree_util.tree_map(jnp.asarray, args)
         sampler = sampler_for(key, factory, args, settings, batched=True, devices=devices, start=start)
-        chosen = {}
+        chosen, mode = {}, None
         if lone_tasks:
-            chosen["anchor"] = downstream.anchor_lone_tasks(spec, sampler, *args)
+            mode = sampler.laplace(args)[0]
+            chosen["anchor"] = downstream.anchor_lone_tasks(spec, mode, *args)
             args = ({**args[0], "anchor": jnp.asarray(chosen["anchor"])},)
-        draws = sampler.run(jnp.asarray(keys), args)
+        if method == "independence":
+            draws = sampler.run_independent(jnp.asarray(keys), args, mode)
+            chosen["pareto_k"] = draws.pareto_k
+        else:
+            draws = sampler.run(jnp.asarray(keys), args)
     return draws.samples, draws.stats, chosen
 
 

@@ -158,10 +158,29 @@ def test_each_task_is_fitted_on_its_own(lone_fits, lone_runs):
     assert unrisen["q2.5"] > 1e21
 
 
+def test_independence_draws_agree_with_nuts(lone_fits, lone_runs):
+    """The rising task is drawn by independence Metropolis-Hastings by default; NUTS on the
+    same task gives the same posterior up to Monte Carlo error."""
+    fitted = lone_fits["rising"]
+    assert fitted.attrs["sampler"] == "independence" and fitted.diagnostics.pareto_k < 0.7
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nuts = fit_many(lone_runs[lone_runs["task"] == "rising"], by="task", model="downstream-sigmoid", seed=1, batch_size=1, sampler="nuts", progress=False)["rising"]
+    assert nuts.attrs["sampler"] == "nuts" and nuts.diagnostics.ok
+    for name in ("midpoint", "slope", "ceiling"):
+        a, b = fitted.task_draws("rising")[name], nuts.task_draws("rising")[name]
+        sd = np.std(b)
+        # Both have bulk and tail ESS >= 400: a 2.5% quantile's Monte Carlo sd is then at most
+        # ~0.1 posterior sd (median ~0.06), so a difference of two is within 0.3 sd (0.15) at ~2 sd.
+        for q, tolerance in ((0.025, 0.3), (0.5, 0.15), (0.975, 0.3)):
+            assert abs(np.quantile(a, q) - np.quantile(b, q)) < tolerance * sd, (name, q)
+
+
 def test_a_lone_task_fit_saves_and_predicts(lone_fits, tmp_path):
     fitted = lone_fits["rising"]
     loaded = bs.load(fitted.save(tmp_path / "rising.nc"))
     assert not loaded.pooled
+    assert loaded.attrs["sampler"] == "independence" and loaded.diagnostics.pareto_k == fitted.diagnostics.pareto_k
     np.testing.assert_allclose(loaded.task_draws("rising")["midpoint"], fitted.task_draws("rising")["midpoint"])
     predicted = loaded.predict([1e23], task="rising")
     assert 0.25 < predicted["q50"].iloc[0] < 0.95
