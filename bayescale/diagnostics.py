@@ -133,7 +133,7 @@ def diagnose(idata, var_names: list[str]) -> Diagnostics:
         )
     if "pareto_k" in idata.attrs and not pareto_k < MAX_PARETO_K:
         problems.append(
-            f"Pareto k {pareto_k:.2f} >= {MAX_PARETO_K}: the independence sampler's proposal misses part of "
+            f"Pareto k {pareto_k:.2f} >= {MAX_PARETO_K}: the independence sampler's proposal under-weights part of "
             "the posterior, so its draws may too; refit with NUTS (sampler=\"nuts\")."
         )
     return Diagnostics(

@@ -150,12 +150,16 @@ def fit_many(
     devices = devices_for_batches(batch_size, device) if executor is None else None
     say(f"fitting card {spec.name!r} to {len(names)} groups by {by!r} (up to {largest} observations each)", progress)
     keys = {name: jax.random.fold_in(jax.random.PRNGKey(seed), index) for index, name in enumerate(names)}
-    run = dict(spec=spec, settings=settings, prepared=prepared, keys=keys, by=by, seed=seed, batch_size=batch_size, executor=executor, device=device, devices=devices, progress=progress)
+    run = dict(
+        spec=spec, settings=settings, prepared=prepared, keys=keys, by=by, seed=seed,
+        batch_size=batch_size, executor=executor, device=device, devices=devices, progress=progress,
+    )
     started = time.perf_counter()
     if sampler == "auto" and isinstance(spec, DownstreamSpec):
         fits = _fit_groups(names, "independence", **run)
         retry = [name for name in names if not fits[name].diagnostics.ok]
-        say(f"{len(names) - len(retry)} of {len(names)} fits passed every check by independence sampling ({time.perf_counter() - started:.1f} s)", progress)
+        passed = len(names) - len(retry)
+        say(f"{passed} of {len(names)} passed every check by independence sampling ({time.perf_counter() - started:.1f} s)", progress)
         if retry:
             say(f"refitting {len(retry)} with NUTS", progress)
             if (device or jax.default_backend()) == "cpu":
@@ -178,7 +182,9 @@ def fit_many(
     return fits
 
 
-def _fit_groups(names: list[str], method: str, *, spec, settings, prepared, keys, by, seed, batch_size, executor, device, devices, progress) -> dict:
+def _fit_groups(
+    names: list[str], method: str, *, spec, settings, prepared, keys, by, seed, batch_size, executor, device, devices, progress
+) -> dict:
     """Fit the groups ``names`` in batches of up to ``batch_size`` with ``method`` (``"nuts"`` or ``"independence"``)."""
     width = min(batch_size, len(names))
     if devices:
