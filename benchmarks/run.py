@@ -222,7 +222,7 @@ def pymc_nutpie(log_n, log_d, log_loss, seed, *, reparameterised: bool):
             x_n, x_d = log_n, log_d
             e, a, b = pm.Normal("e", 0.5, 1.0), pm.Normal("a", 6.0, 2.0), pm.Normal("b", 7.0, 2.0)
         stacked = pm.math.stack([e + 0 * x_n, a - alpha * x_n, b - beta * x_d])
-        pm.StudentT("y", nu=nu, mu=pm.math.logsumexp(stacked, axis=0)[0], sigma=sigma, observed=log_loss)
+        pm.StudentT("y", nu=nu, mu=pm.math.logsumexp(stacked, axis=0), sigma=sigma, observed=log_loss)
     started = time.perf_counter()
     compiled = nutpie.compile_pymc_model(model)
     compiled_at = time.perf_counter()
@@ -458,7 +458,7 @@ def pymc_nutpie_hierarchical(runs, seed: int, *, marginalised: bool):
         z = pm.Normal("z", 0.0, 1.0, shape=(families, 5))
         e, a_c, b_c, alpha, beta, _ = parameters(mu[None, :] + spread[None, :] * z)
         terms = pt.stack([e[family], a_c[family] - alpha[family] * x_n, b_c[family] - beta[family] * x_d])
-        mean = pm.math.logsumexp(terms, axis=0)[0]
+        mean = pm.math.logsumexp(terms, axis=0)
         sigma = pm.HalfNormal("sigma", sigma=priors["sigma"].arguments["scale"])
         sigma_run = pm.HalfNormal("sigma_run", sigma=priors["sigma_run"].arguments["scale"])
         if marginalised:
