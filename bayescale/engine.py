@@ -365,7 +365,6 @@ class Sampler:
             seconds=time.perf_counter() - started,
         )
 
-
     def run_independent(self, rng_key, args: tuple, mode: dict | None = None) -> Draws:
         """Draw every chain by independence Metropolis-Hastings from a proposal adapted to the
         posterior (:mod:`bayescale.independence`), instead of NUTS.
