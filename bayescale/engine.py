@@ -215,7 +215,19 @@ class Sampler:
         def potential(z, args):
             return potential_energy(model, args, {}, unravel(z))
 
-        init_kernel, sample_kernel = hmc(potential_fn_gen=lambda args: partial(potential, args=args), algo="NUTS")
+        def whitened_potential(u, args, shift, scale):
+            return potential(shift + scale @ u, args)
+
+        # NUTS runs in coordinates whitened by each chain's Laplace approximation, x = shift + scale u.
+        # numpyro shrinks every adapted covariance towards 1e-3 times the identity (hmc_util's
+        # welford_covariance); in the model's own coordinates that added variance (1e-5 after
+        # 500 draws) swamps parameters known to 1e-3 or better (the Chinchilla card's log loss at
+        # the centre has posterior sd 5e-4), and the step size must shrink to match. Whitened,
+        # every posterior scale is near 1 and the shrinkage is negligible.
+        init_kernel, sample_kernel = hmc(
+            potential_fn_gen=lambda args, shift, scale: partial(whitened_potential, args=args, shift=shift, scale=scale),
+            algo="NUTS",
+        )
 
         def start_chain(key, args):
             key_start, key_nuts = jax.random.split(key)
@@ -228,35 +240,39 @@ class Sampler:
                 z_start, _ = find_mode(partial(potential, args=start.args(args)), z0)
                 z_mode = ravel_pytree(start.convert(unravel(z_start), args))[0]
                 precision = jax.hessian(partial(potential, args=args))(z_mode)
-            # Start at this chain's mode with the Laplace approximation's covariance as the first
-            # mass matrix: the first warm-up window then explores the posterior rather than
-            # walking to it with unit step lengths. (Starting at a draw from the approximation
-            # instead threw chains far along weakly identified ridges, where they adapted badly.)
-            covariance = _covariance(precision)
-            return init_kernel(
-                z_mode,
+            # Start at this chain's mode, whitened by the Laplace approximation's covariance: the
+            # first warm-up window then explores the posterior rather than walking to it with unit
+            # step lengths. (Starting at a draw from the approximation instead threw chains far
+            # along weakly identified ridges, where they adapted badly.)
+            affine = (z_mode, jnp.linalg.cholesky(_covariance(precision)))
+            state = init_kernel(
+                jnp.zeros(self.dim),
                 settings.num_warmup,
-                inverse_mass_matrix=covariance if settings.dense_mass else jnp.diag(covariance),
+                inverse_mass_matrix=jnp.eye(self.dim) if settings.dense_mass else jnp.ones(self.dim),
                 dense_mass=settings.dense_mass,
                 target_accept_prob=settings.target_accept,
                 max_tree_depth=settings.max_tree_depth,
-                model_args=(args,),
+                model_args=(args, *affine),
                 rng_key=key_nuts,
             )
+            return state, affine
 
-        def advance_chain(state, args, steps):
+        def advance_chain(chain, args, steps):
+            state, (shift, scale) = chain
+
             # A dynamic trip count into a fixed-size buffer: chunks of any length share one program.
             def body(i, carry):
                 state, buffer = carry
-                state = sample_kernel(state, model_args=(args,))
-                row = {"z": state.z, **{name: getattr(state, name) for name in STATISTICS}}
+                state = sample_kernel(state, model_args=(args, shift, scale))
+                row = {"z": shift + scale @ state.z, **{name: getattr(state, name) for name in STATISTICS}}
                 buffer = jax.tree_util.tree_map(lambda b, v: b.at[i].set(v), buffer, row)
                 return state, buffer
 
             shapes = {"z": (self.dim,), "diverging": (), "energy": (), "num_steps": (), "accept_prob": ()}
             dtypes = {"diverging": bool, "num_steps": jnp.result_type(int)}
             buffer = {k: jnp.zeros((CHUNK, *s), dtypes.get(k, jnp.result_type(float))) for k, s in shapes.items()}
-            return lax.fori_loop(0, steps, body, (state, buffer))
+            state, buffer = lax.fori_loop(0, steps, body, (state, buffer))
+            return (state, (shift, scale)), buffer
 
         def constrain(z, args):
             return constrain_fn(model, args, {}, unravel(z), return_deterministic=True)
