@@ -305,7 +305,7 @@ class Sampler:
             z0 = ravel_pytree(start.initial(unravel(jnp.zeros(self.dim))))[0]
             return find_mode(partial(potential, args=start.args(args)), z0)
 
-        def independent(key, args, z_start):
+        def independent(key, args, z_start, rounds):
             # From the Laplace approximation at one mode (``laplace``'s): the proposal's adaptation,
             # not several chains' starts, is what explores here. The optimiser is left out of this
             # program: it would double its compilation time, and the mode is often known already.
@@ -313,12 +313,12 @@ class Sampler:
             precision = jax.hessian(partial(potential, args=args))(z_mode)
             return independence.sample(
                 partial(potential, args=args), z_mode, _covariance(precision), key,
-                num_chains=settings.num_chains, num_samples=settings.num_samples,
+                num_chains=settings.num_chains, num_samples=settings.num_samples, rounds=rounds,
             )
 
         # Compiled on first use only: most samplers never run them.
         self._laplace = jax.jit(jax.vmap(laplace) if batched else laplace)
-        self._independent = jax.jit(jax.vmap(independent) if batched else independent)
+        self._independent = jax.jit(jax.vmap(independent, in_axes=(0, 0, 0, None)) if batched else independent)
         self._unravel = jax.vmap(unravel) if batched else unravel
         ravel = lambda tree: ravel_pytree(tree)[0]  # noqa: E731
         self._ravel = jax.vmap(ravel) if batched else ravel
@@ -381,7 +381,7 @@ class Sampler:
             seconds=time.perf_counter() - started,
         )
 
-    def run_independent(self, rng_key, args: tuple, mode: dict | None = None) -> Draws:
+    def run_independent(self, rng_key, args: tuple, mode: dict | None = None, rounds: int = independence.ROUNDS) -> Draws:
         """Draw every chain by independence Metropolis-Hastings from a proposal adapted to the
         posterior (:mod:`bayescale.independence`), instead of NUTS.
 
@@ -400,6 +400,8 @@ class Sampler:
         mode
             The posterior mode in the start's coordinates, as :meth:`laplace` returns it, when
             known already; found here otherwise.
+        rounds
+            Adaptation rounds of the proposal (any number runs in the same compiled program).
 
         Returns
         -------
@@ -408,7 +410,7 @@ class Sampler:
         """
         started = time.perf_counter()
         z_start = self._laplace(args)[0] if mode is None else self._ravel(mode)
-        z, accept_prob, log_weights = self._independent(rng_key, args, z_start)
+        z, accept_prob, log_weights = self._independent(rng_key, args, z_start, jnp.asarray(rounds))
         samples = self._constrain(z, args)
         accept_prob = np.asarray(accept_prob)
         return Draws(

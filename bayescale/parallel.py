@@ -16,7 +16,8 @@ risen wants trees ten times longer than one rising inside the data): on 2 CPU co
 ran at 0.47 fits/s one per batch against 0.30 four per batch. So a downstream card's tasks
 are drawn first by independence Metropolis-Hastings (``sampler="auto"``,
 :mod:`bayescale.independence`), whose batches do no sequential gradient steps and wait for no
-task; the few tasks whose draws fail a check are refitted with NUTS, one per batch on CPU.
+task; the few tasks whose draws fail a check get a second, longer-adapted proposal, and those
+that fail again are refitted with NUTS, one per batch on CPU.
 
 Batches can also go to a ``concurrent.futures`` executor: a local process pool
 (:func:`process_pool`; spawned, never forked, because a forked JAX runtime
@@ -37,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from . import downstream
+from . import downstream, independence
 from .data import DataError, RunTable
 from .diagnostics import SamplerWarning, diagnose
 from .downstream import DownstreamFit, DownstreamSpec, NonCentredTasks, make_downstream_model
@@ -99,7 +100,9 @@ def fit_many(
         ``"auto"``: downstream tasks are drawn first by independence Metropolis-Hastings from
         an adapted proposal (:mod:`bayescale.independence`; no sequential leapfrog steps, so
         a batch does not wait for its slowest task), and any task whose draws fail a check
-        (R-hat, ESS, the proposal's Pareto k) is refitted with NUTS; loss cards use NUTS.
+        (R-hat, ESS, the proposal's Pareto k) gets a second proposal, adapted longer from fresh
+        random numbers (:data:`bayescale.independence.RETRY_ROUNDS`); a task that fails again is
+        refitted with NUTS. Loss cards use NUTS.
         ``"nuts"``: NUTS for every group. A downstream fit's ``attrs["sampler"]`` says which made it.
         ``num_warmup`` and ``target_accept`` apply to NUTS only; the independence sampler
         keeps ``num_samples`` draws in each of ``num_chains`` chains.
@@ -150,25 +153,34 @@ def fit_many(
     devices = devices_for_batches(batch_size, device) if executor is None else None
     say(f"fitting card {spec.name!r} to {len(names)} groups by {by!r} (up to {largest} observations each)", progress)
     keys = {name: jax.random.fold_in(jax.random.PRNGKey(seed), index) for index, name in enumerate(names)}
+    width = min(batch_size, len(names))
     run = dict(
-        spec=spec, settings=settings, prepared=prepared, keys=keys, by=by, seed=seed,
-        batch_size=batch_size, executor=executor, device=device, devices=devices, progress=progress,
+        spec=spec, settings=settings, prepared=prepared, by=by, seed=seed,
+        executor=executor, device=device, devices=devices, progress=progress,
     )
     started = time.perf_counter()
     if sampler == "auto" and isinstance(spec, DownstreamSpec):
-        fits = _fit_groups(names, "independence", **run)
+        fits = _fit_groups(names, keys, width, "independence", **run)
         retry = [name for name in names if not fits[name].diagnostics.ok]
         passed = len(names) - len(retry)
         say(f"{passed} of {len(names)} passed every check by independence sampling ({time.perf_counter() - started:.1f} s)", progress)
         if retry:
+            # Most first failures are proposals that adapted badly by chance: adapt a new one
+            # longer, from fresh random numbers (independence.RETRY_ROUNDS), in the same
+            # compiled program (same width).
+            say(f"second attempt for {len(retry)}, adapting the proposal {independence.RETRY_ROUNDS} rounds", progress)
+            fresh = {name: jax.random.fold_in(keys[name], 1) for name in retry}
+            fits.update(_fit_groups(retry, fresh, width, "independence", rounds=independence.RETRY_ROUNDS, **run))
+            retry = [name for name in retry if not fits[name].diagnostics.ok]
+            say(f"{len(names) - len(retry)} of {len(names)} passed by independence sampling ({time.perf_counter() - started:.1f} s)", progress)
+        if retry:
             say(f"refitting {len(retry)} with NUTS", progress)
-            if (device or jax.default_backend()) == "cpu":
-                # A vectorised NUTS batch waits for its slowest task, and the tasks left here are
-                # the hard ones: on CPU each runs alone (module docstring).
-                run["batch_size"] = 1
-            fits.update(_fit_groups(retry, "nuts", **run))
+            # A vectorised NUTS batch waits for its slowest task, and the tasks left here are
+            # the hard ones: on CPU each runs alone (module docstring).
+            cpu = (device or jax.default_backend()) == "cpu"
+            fits.update(_fit_groups(retry, keys, 1 if cpu else min(width, len(retry)), "nuts", **run))
     else:
-        fits = _fit_groups(names, "nuts", **run)
+        fits = _fit_groups(names, keys, width, "nuts", **run)
     say(f"{len(fits)} fits in {time.perf_counter() - started:.1f} s", progress)
     troubled = [name for name, fitted in fits.items() if not fitted.diagnostics.ok]
     if troubled:
@@ -183,10 +195,11 @@ def fit_many(
 
 
 def _fit_groups(
-    names: list[str], method: str, *, spec, settings, prepared, keys, by, seed, batch_size, executor, device, devices, progress
+    names: list[str], keys: dict, width: int, method: str, *, rounds: int = independence.ROUNDS,
+    spec, settings, prepared, by, seed, executor, device, devices, progress,
 ) -> dict:
-    """Fit the groups ``names`` in batches of up to ``batch_size`` with ``method`` (``"nuts"`` or ``"independence"``)."""
-    width = min(batch_size, len(names))
+    """Fit the groups ``names`` in batches of ``width`` with ``method`` (``"nuts"``, or
+    ``"independence"`` with ``rounds`` rounds of adaptation)."""
     if devices:
         width = -(-width // len(devices)) * len(devices)  # a whole number of data sets per device
     batches = [names[i : i + width] for i in range(0, len(names), width)]
@@ -201,10 +214,13 @@ def _fit_groups(
     if executor is None:
         results = []
         for number, payload in enumerate(payloads, 1):
-            results.append(_sample_batch(spec.text, settings, payload, device=device, devices=devices, method=method))
+            results.append(_sample_batch(spec.text, settings, payload, device=device, devices=devices, method=method, rounds=rounds))
             say(f"batch {number}/{len(batches)} done ({time.perf_counter() - started:.1f} s)", progress)
     else:
-        futures = [executor.submit(_sample_batch, spec.text, settings, payload, device=device, method=method) for payload in payloads]
+        futures = [
+            executor.submit(_sample_batch, spec.text, settings, payload, device=device, method=method, rounds=rounds)
+            for payload in payloads
+        ]
         results = [future.result() for future in futures]
     fits = {}
     for batch, (samples, stats, chosen) in zip(batches, results):
@@ -289,6 +305,7 @@ def _prepare_tasks(table: RunTable, spec: DownstreamSpec, length: int) -> _Group
         idata.attrs["sampler"] = "independence" if "pareto_k" in chosen else "nuts"
         if "pareto_k" in chosen:
             idata.attrs["pareto_k"] = float(chosen["pareto_k"])
+            idata.attrs["adaptation_rounds"] = int(chosen["rounds"])
         return DownstreamFit(idata=idata, spec=spec, diagnostics=downstream.downstream_diagnostics(idata, spec))
 
     return _Group((padded,), posterior)
@@ -302,9 +319,13 @@ def _payload(batch: list[str], prepared: dict, keys: dict, width: int):
     return args, np.stack([np.asarray(keys[name]) for name in filled])
 
 
-def _sample_batch(card_text: str, settings: Settings, payload, device: str | None = None, devices=None, method: str = "nuts"):
+def _sample_batch(
+    card_text: str, settings: Settings, payload, device: str | None = None, devices=None, method: str = "nuts",
+    rounds: int = independence.ROUNDS,
+):
     """Run one batch (here or in a worker process, on ``device``'s platform) with ``method``
-    (``"nuts"``, or ``"independence"``: :meth:`bayescale.engine.Sampler.run_independent`).
+    (``"nuts"``, or ``"independence"`` with ``rounds`` rounds of adaptation:
+    :meth:`bayescale.engine.Sampler.run_independent`).
 
     Returns NumPy samples and statistics, and what was chosen or measured here per data set
     (a lone task's onset anchor, :func:`bayescale.downstream.anchor_lone_tasks`; the
@@ -318,17 +339,27 @@ def _sample_batch(card_text: str, settings: Settings, payload, device: str | Non
     else:
         spec = ModelSpec.from_toml(card_text)
         key, factory, start = card_text, lambda: make_model(spec), None
+    # A batch of one (NUTS refits on CPU) runs unbatched and gets its data-set axis back at the
+    # end: one vmap fewer to trace, which was ~3 s of the ~8 s a fresh process took to start it.
+    single = len(keys) == 1 and method == "nuts" and not devices
+    one = lambda tree: jax.tree_util.tree_map(lambda leaf: leaf[0], tree)  # noqa: E731
     with on_device(device):
         args = jax.tree_util.tree_map(jnp.asarray, args)
-        sampler = sampler_for(key, factory, args, settings, batched=True, devices=devices, start=start)
+        sampler = sampler_for(key, factory, one(args) if single else args, settings, batched=not single, devices=devices, start=start)
         chosen, mode = {}, None
         if lone_tasks:
-            mode = sampler.laplace(args)[0]
+            mode = sampler.laplace(one(args) if single else args)[0]
+            if single:
+                mode = jax.tree_util.tree_map(lambda leaf: leaf[None], mode)
             chosen["anchor"] = downstream.anchor_lone_tasks(spec, mode, *args)
             args = ({**args[0], "anchor": jnp.asarray(chosen["anchor"])},)
         if method == "independence":
-            draws = sampler.run_independent(jnp.asarray(keys), args, mode)
+            draws = sampler.run_independent(jnp.asarray(keys), args, mode, rounds)
             chosen["pareto_k"] = draws.pareto_k
+            chosen["rounds"] = np.full(len(keys), rounds)
+        elif single:
+            draws = sampler.run(jnp.asarray(keys[0]), one(args))
+            return jax.tree_util.tree_map(lambda leaf: leaf[None], (draws.samples, draws.stats)) + (chosen,)
         else:
             draws = sampler.run(jnp.asarray(keys), args)
     return draws.samples, draws.stats, chosen

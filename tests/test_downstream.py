@@ -8,6 +8,7 @@ import json
 import re
 import warnings
 
+import jax
 import matplotlib
 import numpy as np
 import pandas as pd
@@ -292,10 +293,13 @@ def test_log_rising_is_exact_where_the_lgamma_difference_cancels():
     """Against the product it stands for, summed in float64 (k <= 1000 terms: error ~1e-13)."""
     from bayescale.downstream import log_rising
 
-    for x in (0.3, 5.0, 9.99, 10.0, 50.0, 1e4, 1e8, 1e14):
+    for x in (1e-3, 0.3, 5.0, 9.99, 10.0, 50.0, 1e4, 1e8, 1e14):
         for k in (0, 1, 7, 300, 1000):
             exact = np.log(x + np.arange(k)).sum()
             assert float(log_rising(x, float(k))) == pytest.approx(exact, rel=1e-10, abs=1e-10), (x, k)
+            # The sampler follows its gradient too: d/dx = sum of 1 / (x + i).
+            slope = jax.grad(log_rising)(x, float(k))
+            assert float(slope) == pytest.approx(np.sum(1.0 / (x + np.arange(k))), rel=1e-8, abs=1e-12), (x, k)
 
 
 def test_beta_binomial_kernel_is_the_log_pmf_less_the_binomial_coefficient():
