@@ -176,6 +176,25 @@ def test_independence_draws_agree_with_nuts(lone_fits, lone_runs):
             assert abs(np.quantile(a, q) - np.quantile(b, q)) < tolerance * sd, (name, q)
 
 
+def test_a_task_failing_its_checks_gets_a_longer_proposal_then_nuts(lone_runs, monkeypatch, capsys):
+    """sampler="auto" escalates: a task whose draws fail a check gets a second proposal,
+    adapted RETRY_ROUNDS rounds from fresh random numbers, and one failing again is refitted
+    with NUTS. A Pareto k threshold no proposal can meet makes both attempts fail."""
+    import importlib
+
+    from bayescale import independence
+
+    monkeypatch.setattr(importlib.import_module("bayescale.diagnostics"), "MAX_PARETO_K", -1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the unrisen task's diagnostics are not gated (above)
+        fits = fit_many(lone_runs, by="task", model="downstream-sigmoid", seed=1, batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert "0 of 2 passed every check by independence sampling" in err
+    assert f"second attempt for 2, adapting the proposal {independence.RETRY_ROUNDS} rounds" in err
+    assert "refitting 2 with NUTS" in err
+    assert fits["rising"].attrs["sampler"] == "nuts" and fits["rising"].diagnostics.ok
+
+
 def test_a_lone_task_fit_saves_and_predicts(lone_fits, tmp_path):
     fitted = lone_fits["rising"]
     loaded = bs.load(fitted.save(tmp_path / "rising.nc"))
