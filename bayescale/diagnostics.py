@@ -93,6 +93,14 @@ def _json_float(value: float) -> float | None:
     return None if not np.isfinite(value) else float(value)
 
 
+def higher_target_accept(used: float | None) -> float:
+    """The target acceptance rate to suggest after divergences: halfway from the one used to 1
+    (smaller steps; 0.95 where the fit does not say what it used)."""
+    if used is None:
+        return 0.95
+    return float(round(1.0 - (1.0 - float(used)) / 2.0, 4))
+
+
 def diagnose(idata, var_names: list[str]) -> Diagnostics:
     """Compute :class:`Diagnostics` for the sampled parameters ``var_names`` of ``idata``."""
     posterior = idata.posterior[var_names]
@@ -107,9 +115,10 @@ def diagnose(idata, var_names: list[str]) -> Diagnostics:
 
     problems = []
     if divergences:
+        higher = higher_target_accept(idata.attrs.get("target_accept"))
         problems.append(
             f"{divergences} divergent transitions after warm-up: the posterior has regions the sampler "
-            "cannot follow, so its tails may be wrong. Try target_accept=0.95 (CLI --target-accept 0.95); "
+            f"cannot follow, so its tails may be wrong. Try target_accept={higher} (CLI --target-accept {higher}); "
             "if they persist, the data may not identify every parameter: use a card with fewer free "
             "parameters or add runs that vary the size the law cannot pin down."
         )

@@ -542,6 +542,7 @@ def fit_downstream(runs: RunTable, spec: DownstreamSpec, *, seed: int, settings:
     )
     draws = sampler.run(jax.random.PRNGKey(seed), (inputs,), progress=progress)
     idata = to_inference_data(draws.samples, draws.stats, spec, runs, evals, centre, seed, centring)
+    idata.attrs["target_accept"] = settings.target_accept  # what the divergence advice builds on
     result = DownstreamFit(idata=idata, spec=spec, diagnostics=downstream_diagnostics(idata, spec))
     say(f"done in {draws.seconds:.1f} s; {'no problems found' if result.diagnostics.ok else 'see warnings'}", progress)
     result.diagnostics.warn()

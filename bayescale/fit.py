@@ -127,6 +127,7 @@ def _fit_loss(runs: RunTable, spec: ModelSpec, *, seed: int, settings: Settings,
     )
     draws = sampler.run(jax.random.PRNGKey(seed), args, progress=progress)
     idata = to_inference_data(draws.samples, draws.stats, spec, runs, x, centre, seed, groups)
+    idata.attrs["target_accept"] = settings.target_accept  # what the divergence advice builds on
     diagnostics = diagnose(idata, list(spec.sampled_parameters))
     say(f"done in {draws.seconds:.1f} s; {'no problems found' if diagnostics.ok else 'see warnings'}", progress)
     diagnostics.warn()

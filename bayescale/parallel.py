@@ -283,6 +283,7 @@ def _prepare_losses(table: RunTable, spec: ModelSpec, length: int) -> _Group:
 
     def posterior(samples: dict, stats: dict, chosen: dict, seed: int) -> Fit:
         idata = to_inference_data(samples, stats, spec, table, x, centre, seed)
+        idata.attrs["target_accept"] = float(chosen["target_accept"])
         return Fit(idata=idata, spec=spec, diagnostics=diagnose(idata, list(spec.sampled_parameters)))
 
     return _Group((padded_x, log_loss, mask), posterior)
@@ -306,6 +307,8 @@ def _prepare_tasks(table: RunTable, spec: DownstreamSpec, length: int) -> _Group
         if "pareto_k" in chosen:
             idata.attrs["pareto_k"] = float(chosen["pareto_k"])
             idata.attrs["adaptation_rounds"] = int(chosen["rounds"])
+        else:
+            idata.attrs["target_accept"] = float(chosen["target_accept"])
         return DownstreamFit(idata=idata, spec=spec, diagnostics=downstream.downstream_diagnostics(idata, spec))
 
     return _Group((padded,), posterior)
@@ -329,7 +332,7 @@ def _sample_batch(
 
     Returns NumPy samples and statistics, and what was chosen or measured here per data set
     (a lone task's onset anchor, :func:`bayescale.downstream.anchor_lone_tasks`; the
-    independence sampler's Pareto k)."""
+    independence sampler's Pareto k and adaptation rounds; NUTS's target acceptance rate)."""
     enable_compilation_cache()
     args, keys = payload
     lone_tasks = is_downstream(card_text)
@@ -357,12 +360,13 @@ def _sample_batch(
             draws = sampler.run_independent(jnp.asarray(keys), args, mode, rounds)
             chosen["pareto_k"] = draws.pareto_k
             chosen["rounds"] = np.full(len(keys), rounds)
-        elif single:
-            draws = sampler.run(jnp.asarray(keys[0]), one(args))
-            return jax.tree_util.tree_map(lambda leaf: leaf[None], (draws.samples, draws.stats)) + (chosen,)
-        else:
+            return draws.samples, draws.stats, chosen
+        chosen["target_accept"] = np.full(len(keys), settings.target_accept)  # for the divergence advice
+        if not single:
             draws = sampler.run(jnp.asarray(keys), args)
-    return draws.samples, draws.stats, chosen
+            return draws.samples, draws.stats, chosen
+        draws = sampler.run(jnp.asarray(keys[0]), one(args))
+    return jax.tree_util.tree_map(lambda leaf: leaf[None], (draws.samples, draws.stats)) + (chosen,)
 
 
 def process_pool(workers: int = 2) -> ProcessPoolExecutor:

@@ -25,6 +25,7 @@ def test_provenance_travels_with_the_draws(small_fit, small_runs):
     assert attrs["model_card"] == bs.ModelSpec.load("chinchilla").text
     assert attrs["data_hash"] == small_runs.hash()
     assert attrs["bayescale_version"] == bs.__version__
+    assert attrs["target_accept"] == bs.ModelSpec.load("chinchilla").target_accept  # the card's, as used
     assert set(small_fit.idata.groups()) >= {"posterior", "posterior_predictive", "sample_stats", "observed_data", "constant_data"}
     assert small_fit.idata.posterior_predictive["log_loss"].dims == ("chain", "draw", "obs")
 

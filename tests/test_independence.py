@@ -75,3 +75,19 @@ def test_an_unknown_sampler_names_the_choices():
     runs = bs.datasets.simulate_evaluations([dict(task="a", midpoint_flops=1e21, slope=2.0, chance=0.25, ceiling=0.9)], np.logspace(19, 23, 6), seed=0)
     with pytest.raises(ValueError, match='"auto" or "nuts"'):
         bs.fit_many(runs.data, by="task", model="downstream-sigmoid", sampler="imh", progress=False)
+
+
+def test_divergence_advice_raises_the_target_acceptance_the_fit_used():
+    """The advice names a target_accept above the one recorded in the fit (halfway to 1), so
+    it never suggests a lower one (it once said 0.95 to fits made at 0.95)."""
+    from bayescale.diagnostics import higher_target_accept
+
+    diverging = np.zeros((4, 500), bool)
+    diverging[0, 10] = True
+    idata = az.from_dict(posterior={"theta": np.random.default_rng(1).normal(size=(4, 500))}, sample_stats={"diverging": diverging})
+    for used, advised in ((0.8, 0.9), (0.95, 0.975), (0.98, 0.99)):
+        idata.attrs["target_accept"] = used
+        assert higher_target_accept(used) == advised
+        assert any(f"Try target_accept={advised} (CLI --target-accept {advised})" in p for p in diagnose(idata, ["theta"]).problems)
+    del idata.attrs["target_accept"]  # a fit saved before the setting was recorded
+    assert any("Try target_accept=0.95" in p for p in diagnose(idata, ["theta"]).problems)

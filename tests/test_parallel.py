@@ -9,6 +9,7 @@ import pytest
 
 import bayescale as bs
 from bayescale.parallel import fit_many, process_pool
+from bayescale.spec import load_card
 
 #: Three groups of the compute power law with different exponents and sizes (padding is exercised).
 #: 4 x (500 + 1000) at target_accept 0.9: over seeds 0-3 every group fit had no divergence,
@@ -167,6 +168,7 @@ def test_independence_draws_agree_with_nuts(lone_fits, lone_runs):
         warnings.simplefilter("ignore")
         nuts = fit_many(lone_runs[lone_runs["task"] == "rising"], by="task", model="downstream-sigmoid", seed=1, batch_size=1, sampler="nuts", progress=False)["rising"]
     assert nuts.attrs["sampler"] == "nuts" and nuts.diagnostics.ok
+    assert nuts.attrs["target_accept"] == load_card("downstream-sigmoid").target_accept
     for name in ("midpoint", "slope", "ceiling"):
         a, b = fitted.task_draws("rising")[name], nuts.task_draws("rising")[name]
         sd = np.std(b)
