@@ -345,28 +345,25 @@ def _sample_batch(
     # A batch of one (NUTS refits on CPU) runs unbatched and gets its data-set axis back at the
     # end: one vmap fewer to trace, which was ~3 s of the ~8 s a fresh process took to start it.
     single = len(keys) == 1 and method == "nuts" and not devices
-    one = lambda tree: jax.tree_util.tree_map(lambda leaf: leaf[0], tree)  # noqa: E731
+    identity = lambda tree: tree  # noqa: E731
+    unbatch = (lambda tree: jax.tree_util.tree_map(lambda leaf: leaf[0], tree)) if single else identity
+    rebatch = (lambda tree: jax.tree_util.tree_map(lambda leaf: leaf[None], tree)) if single else identity
     with on_device(device):
         args = jax.tree_util.tree_map(jnp.asarray, args)
-        sampler = sampler_for(key, factory, one(args) if single else args, settings, batched=not single, devices=devices, start=start)
+        sampler = sampler_for(key, factory, unbatch(args), settings, batched=not single, devices=devices, start=start)
         chosen, mode = {}, None
         if lone_tasks:
-            mode = sampler.laplace(one(args) if single else args)[0]
-            if single:
-                mode = jax.tree_util.tree_map(lambda leaf: leaf[None], mode)
+            mode = rebatch(sampler.laplace(unbatch(args))[0])
             chosen["anchor"] = downstream.anchor_lone_tasks(spec, mode, *args)
             args = ({**args[0], "anchor": jnp.asarray(chosen["anchor"])},)
         if method == "independence":
             draws = sampler.run_independent(jnp.asarray(keys), args, mode, rounds)
             chosen["pareto_k"] = draws.pareto_k
             chosen["rounds"] = np.full(len(keys), rounds)
-            return draws.samples, draws.stats, chosen
-        chosen["target_accept"] = np.full(len(keys), settings.target_accept)  # for the divergence advice
-        if not single:
-            draws = sampler.run(jnp.asarray(keys), args)
-            return draws.samples, draws.stats, chosen
-        draws = sampler.run(jnp.asarray(keys[0]), one(args))
-    return jax.tree_util.tree_map(lambda leaf: leaf[None], (draws.samples, draws.stats)) + (chosen,)
+        else:
+            draws = sampler.run(jnp.asarray(unbatch(keys)), unbatch(args))
+            chosen["target_accept"] = np.full(len(keys), settings.target_accept)  # for the divergence advice
+    return rebatch((draws.samples, draws.stats)) + (chosen,)
 
 
 def process_pool(workers: int = 2) -> ProcessPoolExecutor:
