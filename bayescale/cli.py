@@ -140,10 +140,10 @@ def _cmd_design(args) -> None:
         target = {k: v for k, v in (("params", args.target_params), ("tokens", args.target_tokens), ("flops", args.target_flops)) if v is not None}
         if not target:
             raise ValueError("give the target scale: --target-params and --target-tokens (or --target-flops)")
-    design = bs.suggest_runs(bs.load(args.fit), _read_candidates(args.candidates), args.budget_flops, target, family=args.family, seed=args.seed)
+    design = bs.suggest_runs(bs.load(args.fit), _read_candidates(args.candidates), args.budget_flops, target, family=args.family, max_repeats=args.max_repeats, seed=args.seed)
     print(
         f"bayescale: {design.target}: 95% width {design.width_95_before:.4g} now, {design.width_95_after:.4g} expected after "
-        f"{int(design.candidates['selected'].sum())} runs costing {design.spent:.3g} of {design.budget_flops:.3g} FLOP",
+        f"{len(design.selected)} runs costing {design.spent:.3g} of {design.budget_flops:.3g} FLOP",
         file=sys.stderr,
     )
     table = design.candidates.sort_values(["selected", "order", "gain_per_flop"], ascending=[False, True, False])
@@ -172,7 +172,7 @@ def _cmd_report(args) -> None:
             raise ValueError("run design (--candidates) needs a loss fit; a downstream fit has no loss target")
         if args.budget_flops is None or targets is None:
             raise ValueError("--candidates needs --budget-flops and a target (--params and --tokens, or --flops); the first target is the design's")
-        design = bs.suggest_runs(result, _read_candidates(args.candidates), args.budget_flops, targets.iloc[0].to_dict(), seed=args.seed)
+        design = bs.suggest_runs(result, _read_candidates(args.candidates), args.budget_flops, targets.iloc[0].to_dict(), max_repeats=args.max_repeats, seed=args.seed)
     path = write_report(result, args.out, targets=targets, budgets=args.budgets, backtest=checked, design=design)
     print(f"bayescale: wrote {path}", file=sys.stderr)
 
@@ -197,6 +197,10 @@ def _sampler_options(args) -> dict:
 
 def _add_format(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output format on stdout")
+
+
+def _add_max_repeats(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-repeats", type=int, default=1, help="how many times one candidate may be chosen, each a run with its own seed (default 1)")
 
 
 def _add_sampler(parser: argparse.ArgumentParser, warmup: int = 1000, samples: int = 1000) -> None:
@@ -283,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-flops", type=float, help="target compute (a compute law's input, or the budget of --target-kind optimal_params)")
     p.add_argument("--target-kind", choices=("loss", "optimal_params"), default="loss", help="what to learn about: the loss at the target scale (default), or the compute-optimal size at --target-flops")
     p.add_argument("--family", help="the target's family (hierarchical fits; 'new' for an unseen one)")
+    _add_max_repeats(p)
     p.add_argument("--seed", type=int, default=0, help="seed of population draws for a new family (default 0)")
     _add_format(p)
     p.set_defaults(func=_cmd_design)
@@ -297,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backtest-cutoff", type=float, help="also refit below this compute and show how well the rest was predicted")
     p.add_argument("--candidates", help="CSV of candidate runs: also show which to train next for the first target (with --budget-flops)")
     p.add_argument("--budget-flops", type=float, help="compute the chosen next runs may spend (with --candidates)")
+    _add_max_repeats(p)
     _add_sampler(p)
     p.set_defaults(func=_cmd_report)
 

@@ -249,7 +249,8 @@ def plot_noise(fit, ax=None):
 
 def plot_design(design, ax=None):
     """Candidate runs in the (params, tokens) plane, coloured by expected information per FLOP,
-    with the chosen batch ringed and numbered in the order chosen.
+    with the chosen batch ringed and numbered in the order chosen (and "(x3)" where a
+    configuration is chosen for three runs).
 
     Parameters
     ----------
@@ -263,10 +264,11 @@ def plot_design(design, ax=None):
     value = np.log10(np.clip(table["gain_per_flop"].to_numpy(dtype=float), 1e-300, None))
     points = ax.scatter(table["params"], table["tokens"], c=value, cmap="viridis", s=40)
     fig.colorbar(points, ax=ax, label="log10 information per FLOP")
-    chosen = design.selected
+    chosen = table[table["selected"]]
     ax.scatter(chosen["params"], chosen["tokens"], s=160, facecolors="none", edgecolors="C3", linewidths=1.5, label="chosen")
-    for _, row in chosen.iterrows():
-        ax.annotate(str(int(row["order"])), (row["params"], row["tokens"]), textcoords="offset points", xytext=(6, 6), fontsize="small", color="C3")
+    for _, row in chosen.iterrows():  # when first chosen, and how many runs (seeds) if more than one
+        label = str(int(row["order"])) + (f" (x{int(row['runs'])})" if row["runs"] > 1 else "")
+        ax.annotate(label, (row["params"], row["tokens"]), textcoords="offset points", xytext=(6, 6), fontsize="small", color="C3")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_count(v)))

@@ -35,9 +35,12 @@ sizes; the pooled card sees the other two families whole, the plain card that fa
 Workload ``design`` (issue 5): simulated worlds (a Chinchilla truth, 1% noise) start from 6
 small runs (2e7-1e8 params, 10 and 40 tokens/param); candidates are 8 sizes (5e7-2e9) x 5
 ratios (5-80 tokens/param). At the same budget (the cost of the usual grid: the 7 candidate
-sizes up to 1.2e9 at 20 tokens/param), four strategies add runs: ``suggest_runs`` (target:
-loss at 70B params, 1.4T tokens) in one batch, and in three rounds (a third of the budget,
-refit, and again), that grid, and random candidates. Their outcomes are drawn
+sizes up to 1.2e9 at 20 tokens/param), six strategies add runs: ``suggest_runs`` (target:
+loss at 70B params, 1.4T tokens) in one batch, in one batch with each candidate up to three
+times (``max_repeats=3``, each repeat a run with its own noise), in three rounds (a third
+of the budget, refit, and again), and from a wider menu (11 sizes 2e7-2e9 at 2.5-320
+tokens/param; the benchmark's choice of menu, not the method's), that grid, and random
+candidates. Their outcomes are drawn
 from the truth, the card is refitted, and the target's 95% interval width, error and
 coverage are compared.
 
@@ -692,26 +695,40 @@ def design(args) -> dict:
     grid_n, grid_r = np.meshgrid(sizes, [5.0, 10.0, 20.0, 40.0, 80.0])
     candidates = pd.DataFrame({"params": grid_n.ravel(), "tokens": (grid_n * grid_r).ravel()})
     usual = pd.DataFrame({"params": sizes[:7], "tokens": 20.0 * sizes[:7]})
+    # A wider menu than the grid's neighbourhood: 11 sizes 2e7-2e9 at 2.5-320 tokens/param
+    # (Chinchilla's IsoFLOP sweeps span a similar range of ratios).
+    wide_n, wide_r = np.meshgrid(np.geomspace(2e7, 2e9, 11), [2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0])
+    wide = pd.DataFrame({"params": wide_n.ravel(), "tokens": (wide_n * wide_r).ravel()})
     budget = float((6.0 * usual["params"] * usual["tokens"]).sum())
     rows = []
     for world in range(args.seed, args.seed + args.worlds):
         rng = np.random.default_rng(world)
-        initial = bs.datasets.simulate_runs("chinchilla", truth, **start, sigma=0.01, seed=1000 + world)
+
+        def misfit(runs):
+            """Loss times exp(the law's misfit at each configuration): fixed per world and
+            configuration (a seed of its own per (world, params, tokens)), so every seed of a
+            configuration shares it; none with --misfit 0."""
+            offset = [np.random.default_rng([world, int(n), int(d)]).normal(0.0, args.misfit) for n, d in zip(runs["params"], runs["tokens"])]
+            return runs.assign(loss=runs["loss"] * np.exp(offset))
+
+        initial = misfit(bs.datasets.simulate_runs("chinchilla", truth, **start, sigma=0.01, seed=1000 + world).data)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             first = bs.fit(initial, "chinchilla", seed=world, progress=False)
             started = time.perf_counter()
             suggestion = bs.suggest_runs(first, candidates, budget, target, seed=world)
             design_seconds = time.perf_counter() - started
+            repeated = bs.suggest_runs(first, candidates, budget, target, max_repeats=3, seed=world)
+            widened = bs.suggest_runs(first, wide, budget, target, seed=world)
             # Random: candidates in random order, each taken if it still fits the budget.
             shuffled, spent, taken = candidates.sample(frac=1.0, random_state=world), 0.0, []
             for index, run in shuffled.iterrows():
                 if spent + 6.0 * run["params"] * run["tokens"] <= budget:
                     spent += 6.0 * run["params"] * run["tokens"]
                     taken.append(index)
-            outcome = lambda added: bs.datasets.simulate_runs(  # noqa: E731
+            outcome = lambda added: misfit(bs.datasets.simulate_runs(  # noqa: E731
                 "chinchilla", truth, params=added["params"].to_numpy(), tokens=added["tokens"].to_numpy(), sigma=0.01, seed=int(rng.integers(1 << 30))
-            ).data
+            ).data)
             # Three rounds: a third of the budget, train (simulate) and refit, and again.
             rounds, left, pool, current = [], budget, candidates, first
             for step in range(3):
@@ -719,53 +736,65 @@ def design(args) -> dict:
                 rounds.append(outcome(chosen.selected))
                 left, pool = left - chosen.spent, pool.drop(index=chosen.selected.index)
                 if step < 2:
-                    current = bs.fit(pd.concat([initial.data, *rounds], ignore_index=True), "chinchilla", seed=world, progress=False)
+                    current = bs.fit(pd.concat([initial, *rounds], ignore_index=True), "chinchilla", seed=world, progress=False)
             strategies = {
                 "designed": outcome(suggestion.selected),
                 "designed, 3 rounds": pd.concat(rounds, ignore_index=True),
                 "grid": outcome(usual),
                 "random": outcome(shuffled.loc[taken]),
             }
+            # Drawn last, so the other strategies' outcomes are those of earlier runs of this benchmark.
+            strategies["designed, up to 3 seeds each"] = outcome(repeated.selected)  # a repeated row is another seed: its own noise
+            strategies["designed, wider menu"] = outcome(widened.selected)
+            designs = {"designed": suggestion, "designed, up to 3 seeds each": repeated, "designed, wider menu": widened}
             for name, new in strategies.items():
-                both = pd.concat([initial.data, new], ignore_index=True)
+                both = pd.concat([initial, new], ignore_index=True)
                 refit = bs.fit(both, "chinchilla", seed=world, progress=False)
                 frame = refit.predict(**target)
                 rows.append({
                     "world": world, "strategy": name, "runs": len(new), "spent_fraction": float((6.0 * new["params"] * new["tokens"]).sum() / budget),
                     "width_95": float(frame["q97.5"].iloc[0] - frame["q2.5"].iloc[0]), "abs_rel_error": abs(float(frame["q50"].iloc[0]) / expected - 1.0),
-                    "covered_95": bool(frame["q2.5"].iloc[0] <= expected <= frame["q97.5"].iloc[0]),
-                    "predicted_width_95": suggestion.width_95_after if name == "designed" else None,
+                    "rel_error": float(frame["q50"].iloc[0]) / expected - 1.0, "covered_95": bool(frame["q2.5"].iloc[0] <= expected <= frame["q97.5"].iloc[0]),
+                    "predicted_width_95": designs[name].width_95_after if name in designs else None,
                     "width_before": suggestion.width_95_before, "design_seconds": design_seconds, "max_r_hat": refit.diagnostics.max_r_hat,
                 })
                 print(rows[-1], flush=True)
-    table = []
+    result = {"machine": _machine(), "budget_flops": budget, "target": target, "expected_loss": expected, "misfit": args.misfit, "rows": rows}
+    return _write_design(result, args.worlds)
+
+
+def _write_design(result: dict, worlds: int) -> dict:
+    """The design workload's summary per strategy, added to ``result`` and written out."""
+    rows, table = result["rows"], []
     grid_width = {r["world"]: r["width_95"] for r in rows if r["strategy"] == "grid"}
-    for name in ("designed", "designed, 3 rounds", "grid", "random"):
+    for name in ("designed", "designed, up to 3 seeds each", "designed, 3 rounds", "designed, wider menu", "grid", "random"):
         part = [r for r in rows if r["strategy"] == name]
+        ratios = [r["width_95"] / grid_width[r["world"]] for r in part]
         table.append({
             "strategy": name, "worlds": len(part), "mean_runs": float(np.mean([r["runs"] for r in part])),
             "mean_spent_fraction": float(np.mean([r["spent_fraction"] for r in part])),
             "median_width_95": float(np.median([r["width_95"] for r in part])),
-            "median_width_ratio_to_grid": float(np.median([r["width_95"] / grid_width[r["world"]] for r in part])),
-            "max_width_ratio_to_grid": float(np.max([r["width_95"] / grid_width[r["world"]] for r in part])),
+            "median_width_ratio_to_grid": float(np.median(ratios)), "max_width_ratio_to_grid": float(np.max(ratios)),
+            "narrower_than_grid": f"{sum(ratio < 1.0 for ratio in ratios)}/{len(part)}",
             "median_abs_rel_error": float(np.median([r["abs_rel_error"] for r in part])),
             "coverage_95": f"{sum(r['covered_95'] for r in part)}/{len(part)}",
         })
-    result = {"machine": _machine(), "budget_flops": budget, "target": target, "expected_loss": expected, "rows": rows, "summary": table}
+    result["summary"], misfit = table, result["misfit"]
     lines = [
-        f"{args.worlds} simulated worlds; budget {budget:.3g} FLOP (the 7-size grid at 20 tokens/param); target: loss at 70B params, 1.4T tokens "
-        f"(truth {expected:.4f}); chinchilla card refitted on the 6 starting runs plus each strategy's runs.",
+        f"{worlds} simulated worlds; budget {result['budget_flops']:.3g} FLOP (the 7-size grid at 20 tokens/param); target: loss at 70B params, 1.4T tokens "
+        f"(truth {result['expected_loss']:.4f}); chinchilla card refitted on the 6 starting runs plus each strategy's runs; seed noise 1% of the loss"
+        + (f", and the law's misfit, sd {100 * misfit:.2g}% per configuration, shared by its seeds." if misfit else "."),
         "",
-        "| strategy | runs (mean) | budget spent | median 95% width (nats) | width / grid's (median, max) | median abs. rel. error | truth in 95% |",
-        "|---|---|---|---|---|---|---|",
+        "| strategy | runs (mean) | budget spent | median 95% width (nats) | width / grid's (median, max) | narrower than grid's | median abs. rel. error | truth in 95% |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
         lines.append(
             f"| {r['strategy']} | {r['mean_runs']:.1f} | {100 * r['mean_spent_fraction']:.0f}% | {r['median_width_95']:.3f} | "
-            f"{r['median_width_ratio_to_grid']:.2f}, {r['max_width_ratio_to_grid']:.2f} | {100 * r['median_abs_rel_error']:.2f}% | {r['coverage_95']} |"
+            f"{r['median_width_ratio_to_grid']:.2f}, {r['max_width_ratio_to_grid']:.2f} | {r['narrower_than_grid']} | {100 * r['median_abs_rel_error']:.2f}% | {r['coverage_95']} |"
         )
     lines += ["", f"Machine: {result['machine']}."]
-    return _write("design", result, lines)
+    return _write("design_misfit" if misfit else "design", result, lines)
 
 
 def _pythia_baselines(fitted, held):
@@ -960,6 +989,7 @@ if __name__ == "__main__":
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default 200)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", type=int, default=500, help="simulated tasks of the tasks workload")
+    parser.add_argument("--misfit", type=float, default=0.0, help="design workload: sd of the law's misfit in log loss, fixed per configuration and shared by its seeds (default 0; results to design_misfit.*)")
     arguments = parser.parse_args()
     if arguments.workload in ("chinchilla", "all"):
         chinchilla(arguments)

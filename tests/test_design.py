@@ -52,8 +52,20 @@ def test_greedy_never_exceeds_the_budget():
     information, _ = _information(candidates=5)
     cost = np.array([3.0, 2.0, 2.0, 1.0, 4.0])
     for per_flop in (True, False):
-        chosen, gained = _greedy(information, cost, 4.5, per_flop)
-        assert cost[chosen].sum() <= 4.5 and np.all(np.diff(gained) >= 0)
+        for max_repeats in (1, 3):
+            chosen, gained = _greedy(information, cost, 4.5, per_flop, max_repeats)
+            assert cost[chosen].sum() <= 4.5 and np.all(np.diff(gained) >= 0)
+            assert np.bincount(chosen).max() <= max_repeats
+
+
+def test_greedy_repeats_the_one_informative_run():
+    """When only one candidate teaches about the target, a second and third seed of it are
+    worth more than the uninformative rest (each repeat still counted for what it adds)."""
+    information, _ = _information(candidates=3)
+    information.jacobian[:, 1:] = 0.0  # candidates 1 and 2 say nothing about the law
+    chosen, gained = _greedy(information, np.ones(3), 10.0, True, 3)
+    assert chosen == [0, 0, 0] and gained[0] < gained[1] < gained[2]
+    assert _greedy(information, np.ones(3), 10.0, True, 1)[0] == [0]
 
 
 def test_suggest_runs_ranks_and_selects_within_the_budget(small_fit):
@@ -61,11 +73,29 @@ def test_suggest_runs_ranks_and_selects_within_the_budget(small_fit):
     design = bs.suggest_runs(small_fit, _candidates(), budget, {"params": 7e10, "tokens": 1.4e12})
     table = design.candidates
     assert design.spent <= budget and table.loc[table["selected"], "cost"].sum() == pytest.approx(design.spent)
-    assert sorted(design.selected["order"]) == list(range(1, int(table["selected"].sum()) + 1))
+    assert (table["runs"] == table["selected"]).all()  # each candidate at most once by default
+    assert design.selected["order"].tolist() == list(range(1, int(table["selected"].sum()) + 1))
     assert 0 < design.width_95_after < design.width_95_before
     assert (table["expected_gain"] >= 0).all() and np.allclose(table["gain_per_flop"], table["expected_gain"] / table["cost"])
     # The widths after each chosen run can only shrink.
     assert np.all(np.diff(design.selected["width_95_after"].to_numpy()) <= 1e-12)
+
+
+def test_repeats_are_runs_of_their_own(small_fit):
+    budget = 6 * 1e9 * 2e10
+    design = bs.suggest_runs(small_fit, _candidates(), budget, {"params": 7e10, "tokens": 1.4e12}, max_repeats=3)
+    table, runs = design.candidates, design.selected
+    assert table["runs"].max() > 1 and table["runs"].max() <= 3  # on this fit a configuration is worth a second seed
+    assert len(runs) == table["runs"].sum() and runs.index.value_counts().to_dict() == table.loc[table["selected"], "runs"].to_dict()
+    assert design.spent == pytest.approx(runs["cost"].sum()) and design.spent <= budget
+    first = runs.reset_index().groupby("index")["order"].min()
+    assert (table.loc[first.index, "order"] == first).all()  # a candidate's order is its first choice
+
+
+@pytest.mark.parametrize("max_repeats", [0, 1.5, True])
+def test_max_repeats_must_be_a_count(small_fit, max_repeats):
+    with pytest.raises(ValueError, match="max_repeats"):
+        bs.suggest_runs(small_fit, _candidates(), 1e20, {"params": 7e10, "tokens": 1.4e12}, max_repeats=max_repeats)
 
 
 def test_an_optimal_size_target(small_fit):
@@ -94,6 +124,9 @@ def test_cli_design(small_fit, tmp_path, capsys):
     assert main(argv) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["spent"] <= 1.2e20 and payload["rows"][0]["selected"] and payload["rows"][0]["order"] == 1
+    assert main([*argv, "--max-repeats", "3"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert sum(row["runs"] for row in rows) > sum(row["selected"] for row in rows)  # some configuration twice or more
     assert main([*argv[:5], "1", *argv[6:]]) == 2  # a budget of 1 FLOP buys nothing
     assert "smaller than the cheapest candidate" in capsys.readouterr().err
 
@@ -104,3 +137,6 @@ def test_design_plot_marks_the_selection(small_fit):
     design = bs.suggest_runs(small_fit, _candidates(), 6 * 1e9 * 2e10, {"params": 7e10, "tokens": 1.4e12})
     ax = plot_design(design).axes[0]
     assert len(ax.collections) == 2 and len(ax.texts) == int(design.candidates["selected"].sum())
+    repeated = bs.suggest_runs(small_fit, _candidates(), 6 * 1e9 * 2e10, {"params": 7e10, "tokens": 1.4e12}, max_repeats=3)
+    labels = [t.get_text() for t in plot_design(repeated).axes[0].texts]
+    assert len(labels) == int(repeated.candidates["selected"].sum()) and any("(x" in label for label in labels)
