@@ -47,6 +47,11 @@ from . import independence
 
 #: Most NUTS iterations per call of the compiled program (progress is reported between calls).
 CHUNK = 250
+#: Mode searches a chain may make before it starts sampling where the last one stopped, and
+#: the largest unconstrained value a usable start may have (the cards' prior locations are
+#: within +-12 and their scales a few units, so 50 is no posterior's mode).
+START_ATTEMPTS = 5
+MAX_START = 50.0
 
 #: Per-iteration sampler statistics kept, with their arviz ``sample_stats`` names.
 STATISTICS = {"diverging": "diverging", "energy": "energy", "num_steps": "n_steps", "accept_prob": "acceptance_rate"}
@@ -229,17 +234,38 @@ class Sampler:
             algo="NUTS",
         )
 
+        def find_start(key, args):
+            z0 = jax.random.uniform(key, (self.dim,), minval=-2.0, maxval=2.0)
+            if start is None:
+                return find_mode(partial(potential, args=args), z0)
+            # Optimise where the posterior has a mode, then move to the sampling coordinates.
+            z0 = ravel_pytree(start.initial(unravel(z0)))[0]
+            z_start, _ = find_mode(partial(potential, args=start.args(args)), z0)
+            z_mode = ravel_pytree(start.convert(unravel(z_start), args))[0]
+            return z_mode, jax.hessian(partial(potential, args=args))(z_mode)
+
         def start_chain(key, args):
             key_start, key_nuts = jax.random.split(key)
-            z0 = jax.random.uniform(key_start, (self.dim,), minval=-2.0, maxval=2.0)
-            if start is None:
-                z_mode, precision = find_mode(partial(potential, args=args), z0)
-            else:
-                # Optimise where the posterior has a mode, then move to the sampling coordinates.
-                z0 = ravel_pytree(start.initial(unravel(z0)))[0]
-                z_start, _ = find_mode(partial(potential, args=start.args(args)), z0)
-                z_mode = ravel_pytree(start.convert(unravel(z_start), args))[0]
-                precision = jax.hessian(partial(potential, args=args))(z_mode)
+
+            # A mode search can run off to a spike where the density is unbounded: a chain of a
+            # two-family hierarchical fit stopped at potential -2e38 with family deviations of
+            # -140 sd, and its Hessian had no Cholesky factor, so every draw was NaN. Such a
+            # chain searches again from new random starts (up to START_ATTEMPTS); the first
+            # search is the same as without retries, so chains that start well are unchanged.
+            def unusable(z, precision):
+                return ~(jnp.isfinite(potential(z, args)) & jnp.all(jnp.isfinite(precision)) & jnp.all(jnp.abs(z) < MAX_START))
+
+            def search(state):
+                attempt, _, _ = state
+                key = jnp.where(attempt == 0, key_start, jax.random.fold_in(key_start, attempt))
+                return (attempt + 1, *find_start(key, args))
+
+            def searching(state):
+                attempt, z, precision = state
+                return (attempt == 0) | ((attempt < START_ATTEMPTS) & unusable(z, precision))
+
+            nothing = (jnp.zeros((), jnp.result_type(int)), jnp.zeros(self.dim), jnp.zeros((self.dim, self.dim)))
+            _, z_mode, precision = lax.while_loop(searching, search, nothing)
             # Start at this chain's mode, whitened by the Laplace approximation's covariance: the
             # first warm-up window then explores the posterior rather than walking to it with unit
             # step lengths. (Starting at a draw from the approximation instead threw chains far

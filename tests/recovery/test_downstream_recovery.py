@@ -56,10 +56,10 @@ def _misses(fit, tasks, predictor_name):
     return misses
 
 
-def _fit(runs, card):
+def _fit(runs, card, **options):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # diagnostics are asserted below, not warned
-        return bs.fit(runs, card, seed=0, progress=False)
+        return bs.fit(runs, card, seed=0, progress=False, **options)
 
 
 def test_sigmoid_recovers_tasks_families_and_thresholds():
@@ -106,7 +106,11 @@ def test_loss_to_accuracy_recovers_tasks_and_the_law():
         dict(task="c", midpoint_loss=2.4, slope=8.0, chance=0.0, ceiling=0.8),
     ]
     runs = simulate_evaluations(tasks, np.logspace(19, 23, 10), n_items=1000, loss_law=LAW, seed=0)
-    fit = _fit(runs, "loss-to-accuracy")
+    # 2,000 draws a chain, not the default 1,000: at 1,000 (bulk ESS 470-830) the largest
+    # split R-hat of seeds 0-5 scattered over 1.003-1.008, and seed 0 gave 1.012 on a machine
+    # whose floating-point path differed, so the gate measured luck; at 2,000 seeds 0 and 3
+    # gave 1.0014.
+    fit = _fit(runs, "loss-to-accuracy", num_samples=2000)
     assert fit.diagnostics.divergences == 0
     assert fit.diagnostics.max_r_hat < 1.01
     misses = _misses(fit, tasks, "midpoint_loss")
