@@ -1,8 +1,7 @@
 """Which runs to train next: Bayesian experimental design per FLOP.
 
 A candidate run is worth what it is expected to teach about the *target* (the log loss at a
-large scale, the log of the compute-optimal size at a budget, or the log compute at which a
-downstream task emerges) per FLOP it costs. The
+large scale, or the log of the compute-optimal size at a budget) per FLOP it costs. The
 measure is the expected information gain about the target (Lindley 1956), computed per
 posterior draw in a local normal approximation and averaged over the draws: the Bayesian
 design criterion of Chaloner & Larntz (1989, "Optimal Bayesian design applied to logistic
@@ -13,8 +12,7 @@ What is known now is the posterior covariance ``Sigma`` of the law's parameters 
 draws; for a pooled family it carries what the other families taught). At draw ``s`` a run
 with log-loss gradient ``j_s`` and observation noise ``v_s`` (the inverse Fisher information
 of one observation: sigma^2 for a normal likelihood, sigma^2 (nu + 3) / (nu + 1) for a
-Student-t one; for an accuracy, the Beta-binomial's variance, a quasi-likelihood stand-in for
-its Fisher information) lowers the target's variance ``g_s' Sigma g_s`` by
+Student-t one) lowers the target's variance ``g_s' Sigma g_s`` by
 ``(g_s' Sigma j_s)^2 / (j_s' Sigma j_s + v_s)`` (a rank-one update), a gain of
 ``-log(1 - fall / variance) / 2`` nats; the gains are averaged over draws. Gradients are
 taken by central differences. The local gradients carry the law's curvature across the
@@ -32,10 +30,8 @@ single target, the locally optimal design has at most as many distinct configura
 law has parameters (Elfving 1952, "Optimum allocation in linear regression theory"), so a menu used
 at most once each forces the batch onto configurations that teach less; repeats let it
 concentrate (median 0.72x the grid's width rather than 0.87x over 32 simulated worlds,
-``benchmarks/results/design.md``). The price is robustness: a seed averages out noise, not the
-law's misfit at that configuration; with a 1% misfit per configuration repeats gave 0.79x
-against 0.85x and covered the truth in 29 of 32 worlds against 32
-(``benchmarks/results/design_misfit.md``), hence a default of one run per candidate.
+``benchmarks/results/design.md``). The
+price is robustness: a seed averages out noise, not the law's misfit at that configuration.
 The expected 95% width after a batch is the current width divided by
 ``exp(gain)`` (a nat of information divides a normal quantity's sd by e).
 
@@ -51,14 +47,11 @@ predicted widths 2x too wide and chose batches no better than the usual grid (me
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from .data import DataError, RunTable
-from .downstream import EDGE, DownstreamFit
-from .emergence import threshold_level
 from .model import centred_inputs
 from .predict import _complete_inputs, optimal_sizes, simulate_log_loss
 
@@ -66,7 +59,6 @@ from .predict import _complete_inputs, optimal_sizes, simulate_log_loss
 TARGETS = {
     "loss": "the expected loss at target params and tokens (or flops, for a compute law)",
     "optimal_params": "the compute-optimal parameter count at target flops (Chinchilla law)",
-    "emergence": "the compute at which a task's accuracy passes its emergence threshold (downstream-sigmoid fits)",
 }
 
 
@@ -90,8 +82,7 @@ class Design:
     target
         What was targeted, in words.
     width_95_before
-        The target's 95% interval width now, on the target's scale: nats of loss, parameters,
-        or decades of compute for an emergence threshold.
+        The target's 95% interval width now (on the target's scale, e.g. nats of loss).
     width_95_after
         Its expected width after the whole batch.
     spent, budget_flops
@@ -112,8 +103,6 @@ def _target_function(fit, target: dict) -> tuple[callable, str]:
     kind = target.get("kind", "loss")
     if kind not in TARGETS:
         raise ValueError(f"target kind must be one of {sorted(TARGETS)}, got {kind!r}")
-    if kind == "emergence":
-        raise ValueError("an emergence target needs a fit of downstream-sigmoid (bayescale.fit(evals, 'downstream-sigmoid')); this is a loss fit")
     spec, inputs = fit.spec, {k: target[k] for k in ("params", "tokens", "flops") if k in target}
     if kind == "loss":
         complete = _complete_inputs(spec, *(inputs.get(k) for k in ("params", "tokens", "flops")))
@@ -130,111 +119,6 @@ def _target_function(fit, target: dict) -> tuple[callable, str]:
         return np.log(optimal_sizes(spec.law, theta, fit.centre, budget)[0][:, 0])
 
     return log_optimal_params, f"compute-optimal params at {budget[0]:.3g} FLOP"
-
-
-class _Valuation(NamedTuple):
-    """What a candidate's value is computed from: draws ``theta`` of the parameters ``names``
-    that the target and the candidates' observations depend on; ``target`` (theta -> (S,), the
-    target on a log scale) and ``observe`` (theta -> (S, K), each candidate's expected
-    observation); ``noise`` (S, K), the variance of one observation around it; the target's 95%
-    width now, on its reported scale; and the target in words."""
-
-    theta: dict
-    names: tuple
-    target: Callable
-    observe: Callable
-    noise: np.ndarray
-    width_before: float
-    described: str
-
-
-def _some(draws: dict, num_draws: int, seed: int) -> dict:
-    """``num_draws`` of the draws, chosen at random (all of them if there are fewer)."""
-    pick = np.random.default_rng(seed).permutation(np.size(next(iter(draws.values()))))[:num_draws]
-    return {k: np.asarray(v)[pick] for k, v in draws.items()}
-
-
-def _loss_valuation(fit, table: pd.DataFrame, target: dict, family, num_draws: int, seed: int) -> _Valuation:
-    """A loss card: a candidate observes its run's log loss, with the card's noise."""
-    target_of, described = _target_function(fit, target)
-    spec = fit.spec
-    everything = fit.parameter_draws(family, seed=seed)
-    width_before = float(np.diff(np.exp(np.quantile(target_of(everything), [0.025, 0.975])))[0])
-    theta = _some(everything, num_draws, seed)
-    x = centred_inputs(_complete_inputs(spec, *(table[k].to_numpy(dtype=float) for k in ("params", "tokens", "flops"))), fit.centre)
-    sigma2 = theta["sigma"] ** 2
-    noise = sigma2 * (theta["nu"] + 3.0) / (theta["nu"] + 1.0) if spec.likelihood == "student_t" else sigma2
-    return _Valuation(
-        theta, spec.law.parameters, target_of,
-        lambda th: simulate_log_loss(spec, th, x, noise=False).reshape(np.size(th["sigma"]), -1),
-        np.broadcast_to(noise[:, None], (noise.size, len(table))), width_before, described,
-    )
-
-
-def _emergence_valuation(fit, table: pd.DataFrame, target: dict, family, num_draws: int, seed: int) -> _Valuation:
-    """A downstream-sigmoid card: a candidate is a new model of the family at its compute,
-    evaluated on the task; its observation is the task's accuracy, whose variance is the
-    Beta-binomial's, p (1 - p) / n (1 + (n - 1) / (phi + 1)) (over ``n_items`` items, the
-    candidates' column or the task's in the data; p (1 - p) / (phi + 1) without items). The
-    parameters are the task's midpoint, log slope and ceiling (log-odds of the headroom
-    share) and the family's shift; the target is log10 of the threshold compute, the
-    quantity :func:`bayescale.emergence` reports. (A new model's scores on the other tasks
-    also inform the family's shift; that is left out, so the value is a lower bound.)"""
-    kind = target.get("kind")
-    if kind != "emergence":
-        raise ValueError(f"a downstream fit takes an emergence target, {{'kind': 'emergence', 'task': ...}}; got kind {kind!r}")
-    if fit.spec.predictor != "log_flops":
-        raise ValueError("an emergence target needs a card whose predictor is compute (downstream-sigmoid); a loss-linked card's threshold also depends on the loss law, which suggest_runs does not value")
-    task = target.get("task")
-    if task not in fit.tasks:
-        raise ValueError(f"an emergence target names a fitted task: {{'kind': 'emergence', 'task': ...}} with one of {', '.join(fit.tasks[:8])}; got {task!r}")
-    delta, fraction = threshold_level(target.get("delta"), target.get("fraction"))
-    draws = fit.task_draws(task)
-    chance, link, centre = float(draws["chance"][0]), fit.spec.link, fit.centre["log10_flops"]
-    share_of_headroom = (draws["ceiling"] - chance) / (1.0 - chance)
-    everything = {
-        "midpoint": draws["midpoint"], "log_slope": np.log(draws["slope"]),
-        "ceiling": np.log(share_of_headroom) - np.log1p(-share_of_headroom), "shift": fit.family_offset(family, seed=seed),
-        "concentration": fit.idata.posterior["concentration"].values.reshape(-1),
-    }
-
-    def ceiling(th):
-        return chance + (1.0 - chance) / (1.0 + np.exp(-th["ceiling"]))
-
-    def log10_threshold(th):
-        # As bayescale.emergence: the predictor x + shift reaches the threshold at the link's root.
-        level = fraction if delta is None else delta / (ceiling(th) - chance)
-        return link.solve(level, th["midpoint"], np.exp(th["log_slope"])) - th["shift"] + centre
-
-    with np.errstate(invalid="ignore", divide="ignore"):
-        threshold = log10_threshold(everything)
-    if not np.all(np.isfinite(threshold)):
-        raise ValueError(
-            f"task {task!r} never reaches chance + {delta} in {np.mean(~np.isfinite(threshold)):.0%} of the draws (its ceiling is below it); "
-            "target a fraction of the headroom instead ({'fraction': 0.1})"
-        )
-    width_before = float(np.diff(np.quantile(threshold, [0.025, 0.975]))[0])
-    theta = _some(everything, num_draws, seed)
-    x = np.log10(table["flops"].to_numpy(dtype=float)) - centre
-
-    def accuracy(th):
-        return link.accuracy(x[None, :] + th["shift"][:, None], th["midpoint"][:, None], np.exp(th["log_slope"])[:, None], chance, ceiling(th)[:, None])
-
-    p = np.clip(np.asarray(accuracy(theta)), EDGE, 1.0 - EDGE)
-    phi = theta["concentration"][:, None]
-    items = table["n_items"].to_numpy(dtype=float) if "n_items" in table else _task_items(fit, task)
-    noise = p * (1.0 - p) / (phi + 1.0) if items is None else p * (1.0 - p) / items * (1.0 + (items - 1.0) / (phi + 1.0))
-    definition = f"chance + {fraction:g} x headroom" if delta is None else f"chance + {delta:g}"
-    described = f"log10 compute at which {task} passes {definition} ({fit.resolve_family(family)})"
-    return _Valuation(theta, ("midpoint", "log_slope", "ceiling", "shift"), log10_threshold, lambda th: np.asarray(accuracy(th)), noise, width_before, described)
-
-
-def _task_items(fit, task: str) -> float | None:
-    """The task's items in the fitted data (its last evaluation's), or None without n_items."""
-    observed = fit.observed()
-    if "n_items" not in observed:
-        return None
-    return float(observed.loc[observed["task"] == task, "n_items"].iloc[-1])
 
 
 def _jacobian(function, theta: dict, names) -> np.ndarray:
@@ -278,9 +162,9 @@ class _LocalInformation:
     ``covariance`` (S, P, P): what is known now (the same for every draw until runs are
     chosen; :func:`_current_covariance`); ``jacobian`` (S, K, P):
     each candidate's log loss against the parameters; ``gradient`` (S, P): the target's;
-    ``noise`` (S, K): the variance each candidate's observation adds (the inverse Fisher
-    information of one observation: sigma^2 for a normal likelihood, sigma^2 (nu + 3) / (nu + 1)
-    for a Student-t one; the Beta-binomial's variance for an accuracy).
+    ``noise`` (S,): the variance a new run's observation adds (the inverse Fisher information
+    of one observation: sigma^2 for a normal likelihood, sigma^2 (nu + 3) / (nu + 1) for a
+    Student-t one).
     """
 
     def __init__(self, covariance, jacobian, gradient, noise):
@@ -292,7 +176,7 @@ class _LocalInformation:
 
     def _update(self, covariance):
         spread = np.einsum("spq,skq->skp", covariance, self.jacobian)  # Sigma j
-        total = self.noise + np.einsum("skp,skp->sk", self.jacobian, spread)  # j' Sigma j + noise
+        total = self.noise[:, None] + np.einsum("skp,skp->sk", self.jacobian, spread)  # j' Sigma j + noise
         return spread, total
 
     def gains(self, covariance) -> np.ndarray:
@@ -322,25 +206,18 @@ def _current_covariance(theta: dict, names) -> np.ndarray:
     return np.array(np.broadcast_to(covariance, (np.size(theta[names[0]]), len(names), len(names))))
 
 
-#: A run expected to add less than this about the target, given the runs chosen before it, is
-#: not suggested (1e-3 nats: the target's 95% width narrows by less than 0.1%). Without it the
-#: greedy fills what is left of the budget with runs that teach nothing measurable, such as
-#: models far below a task's rise, at chance whatever the parameters (1e-6 nats each).
-MIN_GAIN = 1e-3
-
-
 def _greedy(information: _LocalInformation, cost, budget: float, per_flop: bool, max_repeats: int = 1) -> tuple[list[int], list[float]]:
     """Greedy batch under the budget: the chosen candidates in order (each at most
-    ``max_repeats`` times, each adding at least :data:`MIN_GAIN`), and the information about
-    the target gained after each (given the runs chosen before it)."""
+    ``max_repeats`` times), and the information about the target gained after each (given the
+    runs chosen before it)."""
     covariance, chosen, gained, remaining = information.covariance, [], [], budget
     runs = np.zeros(cost.size, dtype=int)
     while True:
-        gains = information.gains(covariance)
-        value = np.where((runs < max_repeats) & (cost <= remaining) & (gains >= MIN_GAIN), gains / (cost if per_flop else 1.0), -np.inf)
+        value = information.gains(covariance) / (cost if per_flop else 1.0)
+        value = np.where((runs < max_repeats) & (cost <= remaining), value, -np.inf)
         best = int(np.argmax(value))
-        if not np.isfinite(value[best]):
-            return chosen, gained  # nothing affordable is left, or expected to teach enough
+        if not value[best] > 0:
+            return chosen, gained  # nothing affordable is left, or expected to help
         covariance = information.condition(covariance, best)
         runs[best] += 1
         remaining -= cost[best]
@@ -364,27 +241,21 @@ def suggest_runs(
     Parameters
     ----------
     fit
-        A :class:`~bayescale.Fit` of a loss card (single-family or hierarchical), or a
-        :class:`~bayescale.DownstreamFit` of ``downstream-sigmoid`` for an emergence target.
+        A :class:`~bayescale.Fit` of a loss card (single-family or hierarchical).
     candidates
         Runs that could be trained: a DataFrame (or dict of columns) with ``params`` and
         ``tokens`` (or two of params, tokens, flops); optional ``cost`` (FLOP; default
         ``flops`` = 6 N D) and ``family`` (which must be the target's: runs are valued for
-        what they teach about their own family). For an emergence target a candidate is a
-        model evaluated on the task, and ``flops`` alone will do; optional ``n_items`` (default:
-        the task's in the fitted data).
+        what they teach about their own family).
     budget_flops
         Total compute the chosen runs may spend.
     target
         What to learn about: ``{"params": N, "tokens": D}`` (or ``{"flops": C}`` for a compute
         law): the expected loss there; ``{"kind": "optimal_params", "flops": C}``: the
-        compute-optimal parameter count at budget C; ``{"kind": "emergence", "task": T}``
-        (optional ``"fraction"`` of the headroom or ``"delta"`` above chance, as in
-        :func:`bayescale.emergence`): the compute at which task T emerges.
+        compute-optimal parameter count at budget C.
     family
-        The family the target and the candidates are for (hierarchical and multi-family
-        downstream fits; ``"new"`` for an unseen one, whose information is then the
-        population's).
+        The family the target and the candidates are for (hierarchical fits; ``"new"`` for
+        an unseen one, whose information is then the population's).
     max_repeats
         How many times one candidate may be chosen, each time a run of its own (another
         seed). Repeats let the batch concentrate on the few configurations that teach most
@@ -405,10 +276,6 @@ def suggest_runs(
     bayescale.DataError
         If candidates are missing columns or have non-positive sizes (with row numbers), or the
         budget is smaller than the cheapest candidate.
-    ValueError
-        If the target does not suit the fit (a loss or optimal-size target needs a loss fit, an
-        emergence target a fitted task of a downstream-sigmoid fit), or ``max_repeats`` is not
-        a count of at least 1.
     """
     if isinstance(max_repeats, bool) or not isinstance(max_repeats, (int, np.integer)) or max_repeats < 1:
         raise ValueError(f"max_repeats must be a whole number of runs, at least 1, got {max_repeats!r}")
@@ -422,14 +289,21 @@ def suggest_runs(
     cheapest = float(table["cost"].min())
     if budget_flops < cheapest:
         raise DataError(f"the budget {budget_flops:.3g} FLOP is smaller than the cheapest candidate ({cheapest:.3g} FLOP); raise the budget or add smaller candidates")
-    value = (_emergence_valuation if isinstance(fit, DownstreamFit) else _loss_valuation)(fit, table, target, family, num_draws, seed)
-    information = _LocalInformation(
-        _current_covariance(value.theta, value.names),
-        _jacobian(value.observe, value.theta, value.names),
-        _jacobian(value.target, value.theta, value.names),
-        value.noise,
-    )
-    width_before, described = value.width_before, value.described
+    target_of, described = _target_function(fit, target)
+    spec, names = fit.spec, fit.spec.law.parameters
+    everything = fit.parameter_draws(family, seed=seed)
+    width_before = float(np.diff(np.exp(np.quantile(target_of(everything), [0.025, 0.975])))[0])
+    pick = np.random.default_rng(seed).permutation(np.size(everything[names[0]]))[:num_draws]
+    theta = {k: np.asarray(v)[pick] for k, v in everything.items()}
+
+    def log_loss_at(frame):
+        x = centred_inputs(_complete_inputs(spec, *(frame[k].to_numpy(dtype=float) for k in ("params", "tokens", "flops"))), fit.centre)
+        return lambda th: simulate_log_loss(spec, th, x, noise=False).reshape(len(pick), -1)
+
+    sigma2 = theta["sigma"] ** 2
+    noise = sigma2 * (theta["nu"] + 3.0) / (theta["nu"] + 1.0) if spec.likelihood == "student_t" else sigma2
+    covariance = _current_covariance(theta, names)
+    information = _LocalInformation(covariance, _jacobian(log_loss_at(table), theta, names), _jacobian(target_of, theta, names), noise)
 
     cost = table["cost"].to_numpy(dtype=float)
     table["expected_gain"] = information.gains(information.covariance)

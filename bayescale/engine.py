@@ -234,38 +234,17 @@ class Sampler:
             algo="NUTS",
         )
 
-        def find_start(key, args):
-            z0 = jax.random.uniform(key, (self.dim,), minval=-2.0, maxval=2.0)
-            if start is None:
-                return find_mode(partial(potential, args=args), z0)
-            # Optimise where the posterior has a mode, then move to the sampling coordinates.
-            z0 = ravel_pytree(start.initial(unravel(z0)))[0]
-            z_start, _ = find_mode(partial(potential, args=start.args(args)), z0)
-            z_mode = ravel_pytree(start.convert(unravel(z_start), args))[0]
-            return z_mode, jax.hessian(partial(potential, args=args))(z_mode)
-
         def start_chain(key, args):
             key_start, key_nuts = jax.random.split(key)
-
-            # A mode search can run off to a spike where the density is unbounded: a chain of a
-            # two-family hierarchical fit stopped at potential -2e38 with family deviations of
-            # -140 sd, and its Hessian had no Cholesky factor, so every draw was NaN. Such a
-            # chain searches again from new random starts (up to START_ATTEMPTS); the first
-            # search is the same as without retries, so chains that start well are unchanged.
-            def unusable(z, precision):
-                return ~(jnp.isfinite(potential(z, args)) & jnp.all(jnp.isfinite(precision)) & jnp.all(jnp.abs(z) < MAX_START))
-
-            def search(state):
-                attempt, _, _ = state
-                key = jnp.where(attempt == 0, key_start, jax.random.fold_in(key_start, attempt))
-                return (attempt + 1, *find_start(key, args))
-
-            def searching(state):
-                attempt, z, precision = state
-                return (attempt == 0) | ((attempt < START_ATTEMPTS) & unusable(z, precision))
-
-            nothing = (jnp.zeros((), jnp.result_type(int)), jnp.zeros(self.dim), jnp.zeros((self.dim, self.dim)))
-            _, z_mode, precision = lax.while_loop(searching, search, nothing)
+            z0 = jax.random.uniform(key_start, (self.dim,), minval=-2.0, maxval=2.0)
+            if start is None:
+                z_mode, precision = find_mode(partial(potential, args=args), z0)
+            else:
+                # Optimise where the posterior has a mode, then move to the sampling coordinates.
+                z0 = ravel_pytree(start.initial(unravel(z0)))[0]
+                z_start, _ = find_mode(partial(potential, args=start.args(args)), z0)
+                z_mode = ravel_pytree(start.convert(unravel(z_start), args))[0]
+                precision = jax.hessian(partial(potential, args=args))(z_mode)
             # Start at this chain's mode, whitened by the Laplace approximation's covariance: the
             # first warm-up window then explores the posterior rather than walking to it with unit
             # step lengths. (Starting at a draw from the approximation instead threw chains far
@@ -361,6 +340,31 @@ class Sampler:
         mode, hessian = self._laplace(args)
         return jax.tree_util.tree_map(np.asarray, self._unravel(mode)), np.asarray(hessian), self._positions
 
+    def _started(self, keys, args: tuple):
+        """Every chain's start (its NUTS state and whitening), searched again where it ran off.
+
+        A mode search can run off to a spike where the density is unbounded: a chain of a
+        two-family hierarchical fit stopped at potential -2e38 with family deviations of -140
+        sd, and its Hessian had no Cholesky factor, so every draw was NaN. Chains whose start
+        has a non-finite potential or whitening, or an unconstrained value beyond
+        :data:`MAX_START`, take the start of a search from fresh keys (up to
+        :data:`START_ATTEMPTS` searches). The compiled start program is the same for every
+        attempt, so chains that start well are untouched.
+        """
+        states = self._start(keys, args)
+        for attempt in range(1, START_ATTEMPTS):
+            state, (shift, scale) = states
+            usable = np.isfinite(np.asarray(state.potential_energy)) & np.all(np.isfinite(np.asarray(scale)), axis=(-2, -1))
+            usable &= np.all(np.abs(np.asarray(shift)) < MAX_START, axis=-1)
+            if usable.all():
+                break
+            fresh_keys = jax.vmap(lambda key: jax.random.fold_in(key, attempt))(keys.reshape(-1, keys.shape[-1])).reshape(keys.shape)
+            fresh = self._start(fresh_keys, args)
+            states = jax.tree_util.tree_map(
+                lambda old, new: jnp.where(usable.reshape(usable.shape + (1,) * (jnp.ndim(old) - usable.ndim)), old, new), states, fresh
+            )
+        return states
+
     def run(self, rng_key, args: tuple, *, progress: bool = False) -> Draws:
         """Optimise, warm up and sample every chain.
 
@@ -384,7 +388,7 @@ class Sampler:
             keys = jax.vmap(lambda key: jax.random.split(key, s.num_chains))(rng_key)
         else:
             keys = jax.random.split(rng_key, s.num_chains)
-        states = self._start(keys, args)
+        states = self._started(keys, args)
         draw_axis = 2 if self.batched else 1  # after the (data-set and) chain axes
         kept = []
         for phase, total in (("warm-up", s.num_warmup), ("sampling", s.num_samples)):

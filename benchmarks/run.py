@@ -44,13 +44,6 @@ candidates. Their outcomes are drawn
 from the truth, the card is refitted, and the target's 95% interval width, error and
 coverage are compared.
 
-Workload ``emergence-design`` (issue 5): simulated worlds of 3 tasks (midpoints 1e19, 3e20 and
-1e22 FLOP; 1,000 items, over-dispersed); ``downstream-sigmoid`` is fitted to 5 models
-(3e18-3e20 FLOP), where the target task has not yet risen. At the budget of the next three
-sizes up (1e21, 3.2e21, 1e22 FLOP), ``suggest_runs`` (target: the task's emergence threshold)
-chooses among 13 models from 1e19 to 1e22 FLOP (quarter decades); both sets are evaluated (simulated), the card
-refitted, and the threshold's 95% interval width (decades), error and coverage compared.
-
 Workload ``downstream`` (issue 4): (a) Pythia (bundled ``pythia_evals``, Biderman et al. 2023):
 final checkpoints of the models up to 1.4B (both suites, 8 zero-shot tasks) are fitted with
 ``downstream-sigmoid``; the 2.8B, 6.9B and 12B accuracies are predicted (an evaluation's
@@ -74,7 +67,7 @@ interval coverage of the true midpoints.
 Figures: wall time, min bulk ESS, ESS/s, ESS per 1,000 gradient evaluations (sampling phase),
 R-hat, peak memory. Results: benchmarks/results/<workload>.json and .md.
 
-Usage: python benchmarks/run.py [--workload chinchilla|many|hierarchical|borrowing|real-pooling|design|emergence-design|downstream|tasks|all] [--bootstrap 200] [--seed 0] [--worlds 3] [--tasks 500]
+Usage: python benchmarks/run.py [--workload chinchilla|many|hierarchical|borrowing|real-pooling|design|downstream|tasks|all] [--bootstrap 200] [--seed 0] [--worlds 3] [--tasks 500]
 """
 
 from __future__ import annotations
@@ -804,76 +797,6 @@ def _write_design(result: dict, worlds: int) -> dict:
     return _write("design_misfit" if misfit else "design", result, lines)
 
 
-def emergence_design(args) -> dict:
-    """Models chosen by suggest_runs for a task's emergence threshold vs the next sizes up, at
-    equal compute (module docstring)."""
-    from bayescale.links import get_link
-
-    tasks = [
-        dict(task="early", midpoint_flops=1e19, slope=1.5, chance=0.25, ceiling=0.9),
-        dict(task="middle", midpoint_flops=3e20, slope=2.0, chance=0.25, ceiling=0.85),
-        dict(task="target", midpoint_flops=1e22, slope=3.0, chance=0.25, ceiling=0.8),
-    ]
-    truth = tasks[2]
-    # The threshold bayescale.emergence reports by default: chance + 10% of the headroom.
-    threshold = float(10.0 ** get_link("sigmoid").solve(0.1, np.log10(truth["midpoint_flops"]), truth["slope"]))
-    first_models = np.logspace(18.5, 20.5, 5)
-    candidates = pd.DataFrame({"flops": np.logspace(19.0, 22.0, 13)})  # quarter decades
-    usual = candidates[np.isin(np.round(np.log10(candidates["flops"]), 2), [21.0, 21.5, 22.0])]  # the next sizes up: 1e21, 3.2e21, 1e22
-    budget = float(usual["flops"].sum())
-    target = {"kind": "emergence", "task": "target"}
-    rows = []
-    for world in range(args.seed, args.seed + args.worlds):
-        rng = np.random.default_rng(world)
-        evaluate = lambda flops: bs.datasets.simulate_evaluations(tasks, flops, n_items=1000, concentration=300.0, seed=int(rng.integers(1 << 30))).data  # noqa: E731
-        initial = evaluate(first_models)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            first = bs.fit(initial, "downstream-sigmoid", seed=world, progress=False)
-            suggestion = bs.suggest_runs(first, candidates, budget, target, seed=world)
-            for name, added in (("designed", suggestion.selected), ("next sizes up", usual)):
-                refit = bs.fit(pd.concat([initial, evaluate(added["flops"].to_numpy())], ignore_index=True), "downstream-sigmoid", seed=world, progress=False)
-                row = bs.emergence(refit).query("task == 'target' and quantity == 'threshold_flops'").iloc[0]
-                rows.append({
-                    "world": world, "strategy": name, "models": len(added), "flops": [float(v) for v in added["flops"]],
-                    "spent_fraction": float(added["flops"].sum() / budget),
-                    "width_decades": float(np.log10(row["q97.5"] / row["q2.5"])), "log10_error": float(np.log10(row["q50"] / threshold)),
-                    "covered_95": bool(row["q2.5"] <= threshold <= row["q97.5"]), "width_before": suggestion.width_95_before,
-                    "predicted_width": suggestion.width_95_after if name == "designed" else None,
-                    "max_r_hat": refit.diagnostics.max_r_hat, "divergences": refit.diagnostics.divergences,
-                })
-                print(rows[-1], flush=True)
-    table = []
-    usual_width = {r["world"]: r["width_decades"] for r in rows if r["strategy"] == "next sizes up"}
-    for name in ("designed", "next sizes up"):
-        part = [r for r in rows if r["strategy"] == name]
-        ratios = [r["width_decades"] / usual_width[r["world"]] for r in part]
-        table.append({
-            "strategy": name, "mean_models": float(np.mean([r["models"] for r in part])),
-            "mean_spent_fraction": float(np.mean([r["spent_fraction"] for r in part])),
-            "median_width_decades": float(np.median([r["width_decades"] for r in part])),
-            "median_width_ratio": float(np.median(ratios)), "max_width_ratio": float(np.max(ratios)),
-            "median_abs_log10_error": float(np.median([abs(r["log10_error"]) for r in part])),
-            "coverage_95": f"{sum(r['covered_95'] for r in part)}/{len(part)}",
-        })
-    result = {"machine": _machine(), "budget_flops": budget, "threshold_flops": threshold, "rows": rows, "summary": table}
-    lines = [
-        f"{args.worlds} simulated worlds; downstream-sigmoid fitted to 5 models (3e18-3e20 FLOP) on 3 tasks (1,000 items, over-dispersed); "
-        f"the target task's threshold (chance + 10% of the headroom) is at {threshold:.3g} FLOP. Budget {budget:.3g} FLOP: the next sizes up "
-        "(1e21, 3.2e21, 1e22); suggest_runs chooses from 13 models 1e19-1e22 (quarter decades) for the same budget; refit on both.",
-        "",
-        "| strategy | models (mean) | budget spent | median 95% width (decades) | width / next sizes' (median, max) | median abs. error (decades) | truth in 95% |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in table:
-        lines.append(
-            f"| {r['strategy']} | {r['mean_models']:.1f} | {100 * r['mean_spent_fraction']:.0f}% | {r['median_width_decades']:.2f} | "
-            f"{r['median_width_ratio']:.2f}, {r['max_width_ratio']:.2f} | {r['median_abs_log10_error']:.2f} | {r['coverage_95']} |"
-        )
-    lines += ["", f"Machine: {result['machine']}."]
-    return _write("emergence_design", result, lines)
-
-
 def _pythia_baselines(fitted, held):
     """Point predictions of held-out accuracies: the largest fitted model's (persistence), and a
     line in log10 compute through the two largest fitted models of the family and task."""
@@ -1061,7 +984,7 @@ def _write(name, result, lines):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=("chinchilla", "many", "hierarchical", "borrowing", "real-pooling", "design", "emergence-design", "downstream", "tasks", "all"), default="all")
+    parser.add_argument("--workload", choices=("chinchilla", "many", "hierarchical", "borrowing", "real-pooling", "design", "downstream", "tasks", "all"), default="all")
     parser.add_argument("--worlds", type=int, default=3, help="simulated worlds of the hierarchical workload")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default 200)")
     parser.add_argument("--seed", type=int, default=0)
@@ -1080,8 +1003,6 @@ if __name__ == "__main__":
         real_pooling(arguments)
     if arguments.workload in ("design", "all"):
         design(arguments)
-    if arguments.workload in ("emergence-design", "all"):
-        emergence_design(arguments)
     if arguments.workload in ("downstream", "all"):
         downstream(arguments)
     if arguments.workload in ("tasks", "all"):
