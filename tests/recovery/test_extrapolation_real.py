@@ -80,7 +80,11 @@ def test_a_family_with_two_sizes_borrows_from_two_others(family):
     # 4 x 4,000 draws: the error is of the posterior median, a Monte Carlo estimate. At the
     # default 4 x 1,000 it varied by 2.7-3.3% across 8 seeds for lr 4e-3 (one held-out row);
     # at 4 x 4,000 its posterior value is 2.98% (2.92-3.02%, 3 seeds), lr 1e-3 2.7%, lr 2e-3 2.5%.
-    result = backtest(_misfitting_families(), "chinchilla-hierarchical", family=family, keep_sizes=2, seed=0, num_samples=4000, progress=False)
+    # target_accept 0.995, as the sampler advises: at the card's 0.99, lr 4e-3 left one
+    # divergent transition in 16,000 draws for 3 of seeds 0-5 (at a draw inside the bulk, so
+    # a rare too-long step, not a region the chains cannot reach); at 0.995 none in seeds 0-5
+    # for lr 4e-3 and 0-2 for the others, with R-hat <= 1.0013 and the same errors.
+    result = backtest(_misfitting_families(), "chinchilla-hierarchical", family=family, keep_sizes=2, seed=0, num_samples=4000, target_accept=0.995, progress=False)
     assert result.fit.diagnostics.ok, result.fit.diagnostics.problems
     far = result.rows[(result.rows["params_ratio"] >= 4) & (result.rows["params_ratio"] < 20)]
     assert len(far) > 0
