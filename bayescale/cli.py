@@ -136,6 +136,10 @@ def _cmd_design(args) -> None:
         if args.target_flops is None:
             raise ValueError("--target-kind optimal_params needs --target-flops (the budget whose optimal size is the target)")
         target = {"kind": "optimal_params", "flops": args.target_flops}
+    elif args.target_kind == "emergence":
+        if args.task is None:
+            raise ValueError("--target-kind emergence needs --task (the task whose emergence threshold is the target)")
+        target = {"kind": "emergence", "task": args.task, "delta": args.delta, "fraction": args.fraction}
     else:
         target = {k: v for k, v in (("params", args.target_params), ("tokens", args.target_tokens), ("flops", args.target_flops)) if v is not None}
         if not target:
@@ -285,7 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-params", type=float, help="target model size (with --target-tokens)")
     p.add_argument("--target-tokens", type=float, help="target training tokens (with --target-params)")
     p.add_argument("--target-flops", type=float, help="target compute (a compute law's input, or the budget of --target-kind optimal_params)")
-    p.add_argument("--target-kind", choices=("loss", "optimal_params"), default="loss", help="what to learn about: the loss at the target scale (default), or the compute-optimal size at --target-flops")
+    p.add_argument(
+        "--target-kind", choices=("loss", "optimal_params", "emergence"), default="loss",
+        help="what to learn about: the loss at the target scale (default), the compute-optimal size at --target-flops, or (a downstream-sigmoid fit) --task's emergence threshold",
+    )
+    p.add_argument("--task", help="with --target-kind emergence: the task")
+    p.add_argument("--delta", type=float, help="with --target-kind emergence: threshold as accuracy above chance")
+    p.add_argument("--fraction", type=float, help="with --target-kind emergence: threshold as a fraction of the headroom (default 0.1)")
     p.add_argument("--family", help="the target's family (hierarchical fits; 'new' for an unseen one)")
     _add_max_repeats(p)
     p.add_argument("--seed", type=int, default=0, help="seed of population draws for a new family (default 0)")

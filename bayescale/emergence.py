@@ -77,14 +77,7 @@ def emergence(
     ValueError
         If both ``delta`` and ``fraction`` are given, or either is outside (0, 1).
     """
-    if delta is not None and fraction is not None:
-        raise ValueError("give delta (an accuracy above chance) or fraction (of the headroom), not both")
-    if delta is not None and not 0 < delta < 1:
-        raise ValueError(f"delta is an accuracy above chance, between 0 and 1; got {delta}")
-    if delta is None:
-        fraction = DEFAULT_FRACTION if fraction is None else fraction
-        if not 0 < fraction < 1:
-            raise ValueError(f"fraction is a share of the headroom, between 0 and 1; got {fraction}")
+    delta, fraction = threshold_level(delta, fraction)
     observed = fit.observed()
     by_flops = float(observed["flops"].max()) if by_flops is None else float(by_flops)
     offset = fit.family_offset(family, seed=seed)
@@ -109,6 +102,26 @@ def emergence(
                 loss = fit.centre["loss"] - x
                 rows.append(_row(task, family_name, f"{name}_loss", loss, loss, flops <= by_flops, by_flops, definition))
     return pd.DataFrame(rows)
+
+
+def threshold_level(delta: float | None, fraction: float | None) -> tuple[float | None, float | None]:
+    """The emergence threshold's definition, checked: ``(delta, None)`` or ``(None, fraction)``,
+    with :data:`DEFAULT_FRACTION` when neither is given.
+
+    Raises
+    ------
+    ValueError
+        If both are given, or either is outside (0, 1).
+    """
+    if delta is not None and fraction is not None:
+        raise ValueError("give delta (an accuracy above chance) or fraction (of the headroom), not both")
+    if delta is not None and not 0 < delta < 1:
+        raise ValueError(f"delta is an accuracy above chance, between 0 and 1; got {delta}")
+    if delta is None:
+        fraction = DEFAULT_FRACTION if fraction is None else fraction
+        if not 0 < fraction < 1:
+            raise ValueError(f"fraction is a share of the headroom, between 0 and 1; got {fraction}")
+    return delta, fraction
 
 
 def _compute_at(fit: DownstreamFit, x: np.ndarray) -> np.ndarray:

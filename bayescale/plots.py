@@ -250,7 +250,8 @@ def plot_noise(fit, ax=None):
 def plot_design(design, ax=None):
     """Candidate runs in the (params, tokens) plane, coloured by expected information per FLOP,
     with the chosen batch ringed and numbered in the order chosen (and "(x3)" where a
-    configuration is chosen for three runs).
+    configuration is chosen for three runs). Candidates given by compute alone (an emergence
+    target's models) are drawn along compute, at the information each would add alone.
 
     Parameters
     ----------
@@ -262,19 +263,28 @@ def plot_design(design, ax=None):
     fig, ax = _axes(ax)
     table = design.candidates
     value = np.log10(np.clip(table["gain_per_flop"].to_numpy(dtype=float), 1e-300, None))
-    points = ax.scatter(table["params"], table["tokens"], c=value, cmap="viridis", s=40)
+    # Candidates given by compute alone (models to evaluate for an emergence target) have no
+    # (params, tokens) plane: they are drawn along compute, at the information each would add.
+    by_compute = not {"params", "tokens"} <= set(table) or table[["params", "tokens"]].isna().any().any()
+    x, y = ("flops", "expected_gain") if by_compute else ("params", "tokens")
+    table = table.rename(columns={x: "_x", y: "_y"})
+    points = ax.scatter(table["_x"], table["_y"], c=value, cmap="viridis", s=40)
     fig.colorbar(points, ax=ax, label="log10 information per FLOP")
     chosen = table[table["selected"]]
-    ax.scatter(chosen["params"], chosen["tokens"], s=160, facecolors="none", edgecolors="C3", linewidths=1.5, label="chosen")
+    ax.scatter(chosen["_x"], chosen["_y"], s=160, facecolors="none", edgecolors="C3", linewidths=1.5, label="chosen")
     for _, row in chosen.iterrows():  # when first chosen, and how many runs (seeds) if more than one
         label = str(int(row["order"])) + (f" (x{int(row['runs'])})" if row["runs"] > 1 else "")
-        ax.annotate(label, (row["params"], row["tokens"]), textcoords="offset points", xytext=(6, 6), fontsize="small", color="C3")
+        ax.annotate(label, (row["_x"], row["_y"]), textcoords="offset points", xytext=(6, 6), fontsize="small", color="C3")
     ax.set_xscale("log")
-    ax.set_yscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_count(v)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: format_count(v)))
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("training tokens")
+    if by_compute:
+        ax.set_xlabel("training compute (FLOP)")
+        ax.set_ylabel("expected information (nats), alone")
+    else:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: format_count(v)))
+        ax.set_xlabel("parameters")
+        ax.set_ylabel("training tokens")
     ax.set_title(f"next runs for the {design.target}: 95% width {design.width_95_before:.3g} -> {design.width_95_after:.3g}", fontsize="small")
     ax.legend(frameon=False, fontsize="small")
     return fig

@@ -44,6 +44,15 @@ candidates. Their outcomes are drawn
 from the truth, the card is refitted, and the target's 95% interval width, error and
 coverage are compared.
 
+Workload ``emergence-design`` (issue 5): simulated worlds of 3 tasks (midpoints 1e19 and 3e20
+FLOP, and the target's drawn from 1e21.5-1e22.5 with a slope of 2-4 per decade; 1,000 items,
+over-dispersed); ``downstream-sigmoid`` is fitted to 5 models (3e18-3e20 FLOP), where the target
+task has not yet risen. At the budget of the next three sizes up (1e21, 3.2e21, 1e22 FLOP),
+``suggest_runs`` (target: the task's emergence threshold) chooses among 13 models from 1e19 to
+1e22 FLOP (quarter decades), and a random choice takes them in random order while the budget
+lasts; each set is evaluated (simulated), the card refitted, and the threshold's 95% interval
+width (decades), error and coverage compared.
+
 Workload ``downstream`` (issue 4): (a) Pythia (bundled ``pythia_evals``, Biderman et al. 2023):
 final checkpoints of the models up to 1.4B (both suites, 8 zero-shot tasks) are fitted with
 ``downstream-sigmoid``; the 2.8B, 6.9B and 12B accuracies are predicted (an evaluation's
@@ -67,7 +76,7 @@ interval coverage of the true midpoints.
 Figures: wall time, min bulk ESS, ESS/s, ESS per 1,000 gradient evaluations (sampling phase),
 R-hat, peak memory. Results: benchmarks/results/<workload>.json and .md.
 
-Usage: python benchmarks/run.py [--workload chinchilla|many|hierarchical|borrowing|real-pooling|design|downstream|tasks|all] [--bootstrap 200] [--seed 0] [--worlds 3] [--tasks 500]
+Usage: python benchmarks/run.py [--workload chinchilla|many|hierarchical|borrowing|real-pooling|design|emergence-design|downstream|tasks|all] [--bootstrap 200] [--seed 0] [--worlds 3] [--tasks 500]
 """
 
 from __future__ import annotations
@@ -797,6 +806,108 @@ def _write_design(result: dict, worlds: int) -> dict:
     return _write("design_misfit" if misfit else "design", result, lines)
 
 
+def emergence_design(args) -> dict:
+    """Models chosen by suggest_runs for a task's emergence threshold vs the next sizes up and
+    random models, at equal compute (module docstring)."""
+    from bayescale.links import get_link
+
+    first_models = np.logspace(18.5, 20.5, 5)
+    candidates = pd.DataFrame({"flops": np.logspace(19.0, 22.0, 13)})  # quarter decades
+    usual = candidates[np.isin(np.round(np.log10(candidates["flops"]), 2), [21.0, 21.5, 22.0])]  # the next sizes up: 1e21, 3.2e21, 1e22
+    budget = float(usual["flops"].sum())
+    target = {"kind": "emergence", "task": "target"}
+    rows = []
+    for world in range(args.seed, args.seed + args.worlds):
+        rng = np.random.default_rng(world)
+        # Where the target task rises is unknown to the user: its midpoint 1e21.5-1e22.5 FLOP.
+        truth = dict(task="target", midpoint_flops=10.0 ** rng.uniform(21.5, 22.5), slope=rng.uniform(2.0, 4.0), chance=0.25, ceiling=0.8)
+        tasks = [
+            dict(task="early", midpoint_flops=1e19, slope=1.5, chance=0.25, ceiling=0.9),
+            dict(task="middle", midpoint_flops=3e20, slope=2.0, chance=0.25, ceiling=0.85),
+            truth,
+        ]
+        # The threshold bayescale.emergence reports by default: chance + 10% of the headroom.
+        threshold = float(10.0 ** get_link("sigmoid").solve(0.1, np.log10(truth["midpoint_flops"]), truth["slope"]))
+
+        def evaluate(flops, run):
+            # Every new model is a run of its own (seed), though its compute may equal an earlier one's.
+            scores = bs.datasets.simulate_evaluations(tasks, flops, n_items=1000, concentration=300.0, seed=int(rng.integers(1 << 30))).data
+            return scores.assign(seed=run)
+
+        initial = evaluate(first_models, 0)
+        # Every candidate's scores are drawn once, so strategies that pick the same model see
+        # the same scores (common random numbers: the comparison is of the choices, not the noise).
+        scored = evaluate(candidates["flops"].to_numpy(), 1)
+        affordable = rng.permutation(len(candidates))
+        spent = np.cumsum(candidates["flops"].to_numpy()[affordable])
+        random = candidates.iloc[affordable[spent <= budget]]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            first = bs.fit(initial, "downstream-sigmoid", seed=world, progress=False)
+            started = time.perf_counter()
+            suggestion = bs.suggest_runs(first, candidates, budget, target, seed=world)
+            seconds = time.perf_counter() - started
+            for name, added in (("designed", suggestion.selected), ("next sizes up", usual), ("random", random)):
+                refit = bs.fit(pd.concat([initial, scored[scored["flops"].isin(added["flops"])]], ignore_index=True), "downstream-sigmoid", seed=world, progress=False)
+                row = bs.emergence(refit).query("task == 'target' and quantity == 'threshold_flops'").iloc[0]
+                rows.append({
+                    "world": world, "strategy": name, "threshold_flops": threshold, "models": len(added), "flops": [float(v) for v in added["flops"]],
+                    "spent_fraction": float(added["flops"].sum() / budget),
+                    "width_decades": float(np.log10(row["q97.5"] / row["q2.5"])), "log10_error": float(np.log10(row["q50"] / threshold)),
+                    "covered_95": bool(row["q2.5"] <= threshold <= row["q97.5"]), "width_before": suggestion.width_95_before,
+                    "predicted_width": suggestion.width_95_after if name == "designed" else None,
+                    "design_seconds": seconds if name == "designed" else None,
+                    "max_r_hat": refit.diagnostics.max_r_hat, "divergences": refit.diagnostics.divergences,
+                })
+                print(rows[-1], flush=True)
+    return _write_emergence_design({"machine": _machine(), "budget_flops": budget, "rows": rows}, args.worlds)
+
+
+def _write_emergence_design(result: dict, worlds: int) -> dict:
+    """Summary table of the emergence-design workload from its rows (so a table can be rebuilt from the JSON)."""
+    rows = result["rows"]
+    usual_width = {r["world"]: r["width_decades"] for r in rows if r["strategy"] == "next sizes up"}
+    table = []
+    for name in ("designed", "next sizes up", "random"):
+        part = [r for r in rows if r["strategy"] == name]
+        ratios = [r["width_decades"] / usual_width[r["world"]] for r in part]
+        table.append({
+            "strategy": name, "mean_models": float(np.mean([r["models"] for r in part])),
+            "mean_spent_fraction": float(np.mean([r["spent_fraction"] for r in part])),
+            "median_width_decades": float(np.median([r["width_decades"] for r in part])),
+            "median_width_ratio": float(np.median(ratios)), "max_width_ratio": float(np.max(ratios)),
+            "narrower": f"{sum(ratio < 1 for ratio in ratios)}/{len(part)}" if name != "next sizes up" else "-",
+            "median_abs_log10_error": float(np.median([abs(r["log10_error"]) for r in part])),
+            "coverage_95": f"{sum(r['covered_95'] for r in part)}/{len(part)}",
+        })
+    result["summary"] = table
+    designed = [r for r in rows if r["strategy"] == "designed"]
+    lines = [
+        f"{worlds} simulated worlds; downstream-sigmoid fitted to 5 models (3e18-3e20 FLOP) on 3 tasks (1,000 items, over-dispersed), "
+        "where the target task has not risen: its midpoint is drawn from 1e21.5-1e22.5 FLOP and its slope from 2-4 per decade in each world "
+        f"(thresholds, chance + 10% of the headroom: {min(r['threshold_flops'] for r in designed):.2g}-{max(r['threshold_flops'] for r in designed):.2g} FLOP). "
+        f"Budget {result['budget_flops']:.3g} FLOP: the next sizes up (1e21, 3.2e21, 1e22); suggest_runs chooses from 13 models 1e19-1e22 "
+        "(quarter decades), random takes them in random order while the budget lasts; refit on each.",
+        "",
+        "| strategy | models (mean) | budget spent | median 95% width (decades) | width / next sizes' (median, max) | narrower than next sizes' | median abs. error (decades) | truth in 95% |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        lines.append(
+            f"| {r['strategy']} | {r['mean_models']:.1f} | {100 * r['mean_spent_fraction']:.0f}% | {r['median_width_decades']:.2f} | "
+            f"{r['median_width_ratio']:.2f}, {r['max_width_ratio']:.2f} | {r['narrower']} | {r['median_abs_log10_error']:.2f} | {r['coverage_95']} |"
+        )
+    ratio = [r["width_decades"] / r["predicted_width"] for r in designed]
+    lines += [
+        "",
+        f"The designed batch's refitted width was a median {np.median(ratio):.2f}x the width suggest_runs expected (range {min(ratio):.2f}-{max(ratio):.2f}); "
+        f"suggest_runs took a median {np.median([r['design_seconds'] for r in designed]):.1f} s.",
+        "",
+        f"Machine: {result['machine']}.",
+    ]
+    return _write("emergence_design", result, lines)
+
+
 def _pythia_baselines(fitted, held):
     """Point predictions of held-out accuracies: the largest fitted model's (persistence), and a
     line in log10 compute through the two largest fitted models of the family and task."""
@@ -984,7 +1095,7 @@ def _write(name, result, lines):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=("chinchilla", "many", "hierarchical", "borrowing", "real-pooling", "design", "downstream", "tasks", "all"), default="all")
+    parser.add_argument("--workload", choices=("chinchilla", "many", "hierarchical", "borrowing", "real-pooling", "design", "emergence-design", "downstream", "tasks", "all"), default="all")
     parser.add_argument("--worlds", type=int, default=3, help="simulated worlds of the hierarchical workload")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default 200)")
     parser.add_argument("--seed", type=int, default=0)
@@ -1003,6 +1114,8 @@ if __name__ == "__main__":
         real_pooling(arguments)
     if arguments.workload in ("design", "all"):
         design(arguments)
+    if arguments.workload in ("emergence-design", "all"):
+        emergence_design(arguments)
     if arguments.workload in ("downstream", "all"):
         downstream(arguments)
     if arguments.workload in ("tasks", "all"):

@@ -230,6 +230,12 @@ def test_save_load_and_cli(downstream_fit, tmp_path, capsys):
     assert "fraction" in capsys.readouterr().err
     assert main(["predict", str(path), "--params", "1e9", "--tokens", "1e10"]) == EXIT_BAD_INPUT
     assert "--flops" in capsys.readouterr().err
+    pd.DataFrame({"flops": np.logspace(18, 22, 9)}).to_csv(tmp_path / "models.csv", index=False)
+    design = ["design", str(path), "--candidates", str(tmp_path / "models.csv"), "--budget-flops", "3e22", "--target-kind", "emergence"]
+    assert main([*design, "--task", "late", "--family", "a", "--format", "json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert "late" in payload["target"] and payload["spent"] <= 3e22 and payload["width_95_after"] < payload["width_95_before"]
+    assert main(design) == EXIT_BAD_INPUT and "--task" in capsys.readouterr().err
 
 
 def test_plots(downstream_fit):
@@ -336,3 +342,40 @@ def test_padding_rows_leave_a_lone_tasks_density_unchanged():
     padded = {k: np.pad(v, (0, 3), mode="edge") if v.shape[:1] == (len(FLOPS),) else v for k, v in inputs.items()}
     padded["mask"] = np.arange(len(FLOPS) + 3) < len(FLOPS)
     assert float(log_density(model, (padded,), {}, params)[0]) == pytest.approx(float(plain), rel=1e-12)
+
+
+# --- which models to evaluate next (bayescale.design, emergence target) ----------------
+
+
+def test_suggest_runs_for_an_emergence_threshold(downstream_fit):
+    """A model far below every rise (accuracy at chance, whatever the parameters) teaches
+    nothing about where a task rises; models near the threshold teach most."""
+    candidates = pd.DataFrame({"flops": np.logspace(15, 23, 17)})
+    design = bs.suggest_runs(downstream_fit, candidates, 3e22, {"kind": "emergence", "task": "late"}, family="a", num_draws=400)
+    table = design.candidates
+    assert "late" in design.target and "compute" in design.target
+    assert design.spent <= 3e22 and 0 < design.width_95_after < design.width_95_before
+    threshold = bs.emergence(downstream_fit, family="a").query("task == 'late' and quantity == 'threshold_flops'")["q50"].iloc[0]
+    near = table.loc[(table["flops"] / threshold).between(0.3, 3.0), "expected_gain"].max()
+    # 1e15 FLOP is 5 decades below the fitted threshold (~3e20): its slope of ~4 per decade
+    # leaves the sigmoid within e^-20 of chance, so it teaches nothing, and is valued at none.
+    assert table["expected_gain"].iloc[0] == 0.0 and near > 0.05
+    from bayescale.plots import plot_design
+
+    ax = plot_design(design).axes[0]  # models given by compute alone: drawn along compute
+    assert ax.get_xlabel().startswith("training compute") and len(ax.texts) == int(table["selected"].sum())
+    # The width is in decades of compute, as bayescale.emergence's log10 interval.
+    emerged = bs.emergence(downstream_fit, family="a").query("task == 'late' and quantity == 'threshold_flops'")
+    assert design.width_95_before == pytest.approx(np.log10(emerged["q97.5"].iloc[0] / emerged["q2.5"].iloc[0]), rel=1e-6)
+
+
+def test_emergence_design_errors_name_the_fix(downstream_fit, small_fit):
+    candidates = pd.DataFrame({"flops": [1e20, 1e21]})
+    with pytest.raises(ValueError, match="fitted task"):
+        bs.suggest_runs(downstream_fit, candidates, 1e22, {"kind": "emergence", "task": "absent"}, family="a")
+    with pytest.raises(ValueError, match="emergence target"):
+        bs.suggest_runs(downstream_fit, candidates, 1e22, {"params": 1e9, "tokens": 2e10})
+    with pytest.raises(ValueError, match="not both"):
+        bs.suggest_runs(downstream_fit, candidates, 1e22, {"kind": "emergence", "task": "late", "delta": 0.1, "fraction": 0.1}, family="a")
+    with pytest.raises(ValueError, match="downstream-sigmoid"):
+        bs.suggest_runs(small_fit, candidates.assign(params=1e9, tokens=2e10).drop(columns="flops"), 1e22, {"kind": "emergence", "task": "late"})
