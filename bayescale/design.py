@@ -222,7 +222,9 @@ def _emergence_information(fit, table: pd.DataFrame, target: dict, family, num_d
         log_likelihood = beta_binomial_kernel(rng.binomial(n[..., 0].astype(np.int64), rate)[..., None], n, a, b)
     definition = f"chance + {fraction:g} x headroom" if delta is None else f"chance + {delta:g}"
     described = f"log10 compute at which {task} passes {definition} ({fit.resolve_family(family)})"
-    return _SimulatedInformation(theta["threshold"], np.asarray(log_likelihood), truth), width_before, described
+    # Kept in float32 (R x K x 256 x num_draws: 1 MB per candidate and repeat at the defaults):
+    # weights need differences of log-likelihoods to ~1e-3, not 1e-16.
+    return _SimulatedInformation(theta["threshold"], np.asarray(log_likelihood, dtype=np.float32), truth), width_before, described
 
 
 def _task_items(fit, task: str) -> float | None:
@@ -392,12 +394,16 @@ class _SimulatedInformation:
         log_weights, runs = state
         repeat = np.minimum(runs, self.log_likelihood.shape[0] - 1)  # exhausted ones are not chosen
         weights = self._weights(log_weights)  # (M, S)
-        after = self._weights(log_weights[None] + self.log_likelihood[repeat, np.arange(runs.size)])  # (K, M, S)
         mean = weights @ self.target  # (M,)
-        move = after @ self.target - mean[None]  # (K, M)
-        noise = np.sum((after - weights[None]) ** 2 * (self.target[None, None, :] - mean[None, :, None]) ** 2, axis=-1)
+        centred = (self.target[None, :] - mean[:, None]) ** 2
+        falls = []
+        for block in np.array_split(np.arange(runs.size), max(1, runs.size // 16)):  # bounded memory
+            after = self._weights(log_weights[None] + self.log_likelihood[repeat[block], block])  # (k, M, S)
+            move = after @ self.target - mean[None]  # (k, M)
+            noise = np.sum((after - weights[None]) ** 2 * centred[None], axis=-1)
+            falls.append(np.mean(move**2 - noise, axis=1))
         variance = np.mean(self.variances(log_weights))
-        fall = np.clip(np.mean(move**2 - noise, axis=1), 0.0, (1.0 - 1e-12) * variance)
+        fall = np.clip(np.concatenate(falls), 0.0, (1.0 - 1e-12) * variance)
         gain = -0.5 * np.log1p(-fall / variance)
         return np.where(gain >= NOISE_FLOOR, gain, 0.0)
 
@@ -558,9 +564,10 @@ def suggest_runs(
     widths = [width_before * np.exp(-nats) for nats in gained]
     chosen = np.asarray(chosen, dtype=int)
     candidate, first_choice = np.unique(chosen, return_index=True)
+    order = np.zeros(len(table), dtype=int)
+    order[candidate] = first_choice + 1
     table["runs"] = np.bincount(chosen, minlength=len(table))
-    table["selected"], table["order"] = table["runs"] > 0, 0
-    table.iloc[candidate, table.columns.get_loc("order")] = first_choice + 1
+    table["selected"], table["order"] = table["runs"] > 0, order
     selected = table.iloc[chosen].drop(columns=["runs", "selected"]).assign(order=np.arange(1, len(chosen) + 1), width_95_after=widths)
     width_after = widths[-1] if widths else width_before
     return Design(table, selected, described, width_before, width_after, float(cost[chosen].sum()), float(budget_flops))
