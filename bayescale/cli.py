@@ -173,7 +173,7 @@ def _cmd_report(args) -> None:
         checked = bs.backtest(result.observed(), result.spec, cutoff_flops=args.backtest_cutoff, **_sampler_options(args))
     if args.candidates is not None:
         if isinstance(result, DownstreamFit):
-            raise ValueError("run design (--candidates) needs a loss fit; a downstream fit has no loss target")
+            raise ValueError("the report's run design (--candidates) needs a loss fit; for a task's emergence threshold run: bayescale design FIT --candidates CANDS.csv --budget-flops C --target-kind emergence --task T")
         if args.budget_flops is None or targets is None:
             raise ValueError("--candidates needs --budget-flops and a target (--params and --tokens, or --flops); the first target is the design's")
         design = bs.suggest_runs(result, _read_candidates(args.candidates), args.budget_flops, targets.iloc[0].to_dict(), max_repeats=args.max_repeats, seed=args.seed)
@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="with --target-kind emergence: the task")
     p.add_argument("--delta", type=float, help="with --target-kind emergence: threshold as accuracy above chance")
     p.add_argument("--fraction", type=float, help="with --target-kind emergence: threshold as a fraction of the headroom (default 0.1)")
-    p.add_argument("--family", help="the target's family (hierarchical fits; 'new' for an unseen one)")
+    p.add_argument("--family", help="the target's family (hierarchical or multi-family downstream fits; 'new' for an unseen one)")
     _add_max_repeats(p)
     p.add_argument("--seed", type=int, default=0, help="seed of population draws for a new family (default 0)")
     _add_format(p)

@@ -263,8 +263,6 @@ def plot_design(design, ax=None):
     fig, ax = _axes(ax)
     table = design.candidates
     value = np.log10(np.clip(table["gain_per_flop"].to_numpy(dtype=float), 1e-300, None))
-    # Candidates given by compute alone (models to evaluate for an emergence target) have no
-    # (params, tokens) plane: they are drawn along compute, at the information each would add.
     by_compute = not {"params", "tokens"} <= set(table) or table[["params", "tokens"]].isna().any().any()
     x, y = ("flops", "expected_gain") if by_compute else ("params", "tokens")
     table = table.rename(columns={x: "_x", y: "_y"})
