@@ -210,16 +210,21 @@ def _emergence_information(fit, table: pd.DataFrame, target: dict, family, num_d
     rng = np.random.default_rng([seed, 5])
     truth = rng.choice(p.shape[1], size=min(WORLDS, p.shape[1]), replace=False)
     phi = theta["concentration"]
-    # Each world's outcomes as the model says they arise (bayescale.downstream: Beta-binomial
-    # counts, or Beta accuracies without items), one per repeat: shape (R, K, M).
-    rate = rng.beta(p[:, truth] * phi[truth], (1.0 - p[:, truth]) * phi[truth], size=(max_repeats, *p[:, truth].shape))
+    # Each world's outcomes as the model says they arise (bayescale.downstream: Beta-binomial or
+    # binomial counts, or Beta accuracies without items), one per repeat: shape (R, K, M).
+    counted, binomial = not np.isnan(items).any(), fit.spec.likelihood == "binomial"
+    shape = (max_repeats, *p[:, truth].shape)
+    rate = np.broadcast_to(p[:, truth], shape) if counted and binomial else rng.beta(p[:, truth] * phi[truth], (1.0 - p[:, truth]) * phi[truth], size=shape)
     a, b = (p * phi)[None, :, None, :], ((1.0 - p) * phi)[None, :, None, :]
-    if np.isnan(items).any():
-        observed = np.clip(rate, EDGE, 1.0 - EDGE)[..., None]
-        log_likelihood = dist.Beta(a, b).log_prob(observed)
+    if not counted:
+        log_likelihood = dist.Beta(a, b).log_prob(np.clip(rate, EDGE, 1.0 - EDGE)[..., None])
     else:
         n = items[None, :, None, None]
-        log_likelihood = beta_binomial_kernel(rng.binomial(n[..., 0].astype(np.int64), rate)[..., None], n, a, b)
+        correct = rng.binomial(n[..., 0].astype(np.int64), rate)[..., None]
+        if binomial:
+            log_likelihood = correct * np.log(p)[None, :, None, :] + (n - correct) * np.log1p(-p)[None, :, None, :]
+        else:
+            log_likelihood = beta_binomial_kernel(correct, n, a, b)
     definition = f"chance + {fraction:g} x headroom" if delta is None else f"chance + {delta:g}"
     described = f"log10 compute at which {task} passes {definition} ({fit.resolve_family(family)})"
     # Kept in float32 (R x K x 256 x num_draws: 1 MB per candidate and repeat at the defaults):

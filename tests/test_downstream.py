@@ -369,6 +369,17 @@ def test_suggest_runs_for_an_emergence_threshold(downstream_fit):
     assert design.width_95_before == pytest.approx(np.log10(emerged["q97.5"].iloc[0] / emerged["q2.5"].iloc[0]), rel=1e-6)
 
 
+def test_emergence_design_with_a_binomial_card(downstream_fit):
+    """A card with binomial scores (no over-dispersion) simulates and scores counts binomially:
+    a model at chance is still worth nothing, and one near the fitted threshold (~3e20) something."""
+    import dataclasses
+
+    binomial = dataclasses.replace(downstream_fit, spec=dataclasses.replace(downstream_fit.spec, likelihood="binomial"))
+    candidates = pd.DataFrame({"flops": [1e15, 3e20, 1e21]})
+    table = bs.suggest_runs(binomial, candidates, 2e21, {"kind": "emergence", "task": "late"}, family="a", num_draws=400).candidates
+    assert table["expected_gain"].iloc[0] == 0.0 and table["expected_gain"].iloc[1:].max() > 0.05
+
+
 def test_emergence_design_errors_name_the_fix(downstream_fit, small_fit):
     candidates = pd.DataFrame({"flops": [1e20, 1e21]})
     with pytest.raises(ValueError, match="fitted task"):
