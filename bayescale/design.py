@@ -72,7 +72,7 @@ import pandas as pd
 
 from .data import DataError, RunTable
 from .downstream import EDGE, DownstreamFit, beta_binomial_kernel
-from .emergence import threshold_level
+from .emergence import crossing, threshold_level
 from .model import centred_inputs
 from .predict import _complete_inputs, optimal_sizes, simulate_log_loss
 
@@ -190,12 +190,10 @@ def _emergence_information(fit, table: pd.DataFrame, target: dict, family, num_d
     if task not in fit.tasks:
         raise ValueError(f"an emergence target names a fitted task: {{'kind': 'emergence', 'task': ...}} with one of {', '.join(fit.tasks[:8])}; got {task!r}")
     delta, fraction = threshold_level(target.get("delta"), target.get("fraction"))
-    draws = {**fit.task_draws(task), "shift": fit.family_offset(family, seed=seed), "concentration": fit.idata.posterior["concentration"].values.reshape(-1)}
+    draws = {**fit.task_draws(task), "shift": fit.family_offset(family, seed=seed), **fit.draws(["concentration"])}
     link, centre = fit.spec.link, fit.centre["log10_flops"]
-    # As bayescale.emergence: the predictor x + shift reaches the threshold at the link's root.
     with np.errstate(invalid="ignore", divide="ignore"):
-        level = fraction if delta is None else delta / (draws["ceiling"] - draws["chance"])
-        threshold = link.solve(level, draws["midpoint"], draws["slope"]) - draws["shift"] + centre
+        threshold = crossing(link, draws, draws["shift"], delta=delta, fraction=fraction) + centre
     if not np.all(np.isfinite(threshold)):
         raise ValueError(
             f"task {task!r} never reaches chance + {delta} in {np.mean(~np.isfinite(threshold)):.0%} of the draws (its ceiling is below it); "

@@ -755,8 +755,7 @@ class DownstreamFit(Posterior):
         return bool(int(self.idata.attrs.get("tasks_pooled", 1)))
 
     def _flat(self, name: str) -> np.ndarray:
-        values = self.idata.posterior[name].values
-        return values.reshape(-1, *values.shape[2:])
+        return self.draws([name])[name]
 
     def _population(self) -> tuple[np.ndarray, np.ndarray]:
         """Draws ``(S, 3)`` of the task population's mean and spread (constants for a lone task)."""

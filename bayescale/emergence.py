@@ -85,13 +85,10 @@ def emergence(
     rows = []
     for task in fit.tasks:
         theta = fit.task_draws(task)
-        headroom = theta["ceiling"] - theta["chance"]
-        target = fraction if delta is None else delta / headroom
         definition = f"accuracy above chance + {fraction:g} x (ceiling - chance)" if delta is None else f"accuracy above chance + {delta:g}"
-        # The predictor is x + offset, so the task reaches the target where x = root - offset.
         crossings = {
-            "threshold": fit.spec.link.solve(target, theta["midpoint"], theta["slope"]) - offset,
-            "midpoint": fit.spec.link.solve(0.5, theta["midpoint"], theta["slope"]) - offset,
+            "threshold": crossing(fit.spec.link, theta, offset, delta=delta, fraction=fraction),
+            "midpoint": crossing(fit.spec.link, theta, offset, fraction=0.5),
         }
         for name, x in crossings.items():
             flops = _compute_at(fit, x)
@@ -102,6 +99,32 @@ def emergence(
                 loss = fit.centre["loss"] - x
                 rows.append(_row(task, family_name, f"{name}_loss", loss, loss, flops <= by_flops, by_flops, definition))
     return pd.DataFrame(rows)
+
+
+def crossing(link, theta: dict, offset, *, delta: float | None = None, fraction: float | None = None) -> np.ndarray:
+    """Where a task's rise crosses chance + ``delta``, or chance + ``fraction`` of its headroom.
+
+    Parameters
+    ----------
+    link
+        The card's link (:mod:`bayescale.links`).
+    theta
+        Draws of the task's ``midpoint``, ``slope``, ``chance`` and ``ceiling``
+        (:meth:`~bayescale.DownstreamFit.task_draws`).
+    offset
+        Draws of the family's shift along the predictor (:meth:`~bayescale.DownstreamFit.family_offset`).
+    delta, fraction
+        The level, one of the two (as :func:`threshold_level` returns them).
+
+    Returns
+    -------
+    numpy.ndarray
+        The centred predictor value at the crossing, per draw (not finite where the ceiling
+        stays below the level). The predictor is ``x + offset``, so the crossing is at the
+        link's root less the offset.
+    """
+    level = fraction if delta is None else delta / (theta["ceiling"] - theta["chance"])
+    return link.solve(level, theta["midpoint"], theta["slope"]) - offset
 
 
 def threshold_level(delta: float | None, fraction: float | None) -> tuple[float | None, float | None]:
@@ -132,7 +155,7 @@ def _compute_at(fit: DownstreamFit, x: np.ndarray) -> np.ndarray:
     # Loss-linked: the loss law L(C) = E + A C^-alpha reaches loss L at C = (A / (L - E))^(1 / alpha),
     # and never where L <= E (below the irreducible loss).
     loss = fit.centre["loss"] - x
-    natural = fit.spec.loss_model.law.natural({k: fit._flat(k) for k in fit.spec.loss_model.law.parameters}, {"flops": fit.centre["flops"]})
+    natural = fit.spec.loss_model.law.natural(fit.draws(list(fit.spec.loss_model.law.parameters)), {"flops": fit.centre["flops"]})
     excess = loss - np.asarray(natural["E"])
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         log_flops = (np.log(np.asarray(natural["A"])) - np.log(excess)) / np.asarray(natural["alpha"])

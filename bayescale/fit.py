@@ -15,7 +15,7 @@ import pandas as pd
 from . import __version__
 from ._arviz import az
 from .data import DataError, RunTable
-from .diagnostics import ModelWarning, diagnose
+from .diagnostics import ModelWarning, convergence, diagnose
 from .coordinates import to_parameters
 from .engine import Settings, devices_for, enable_compilation_cache, on_device, sampler_for, say
 from .hierarchy import NonCentredStart, check_families, choose_centring, family_parameters, groups_of, layout_of, make_hierarchical_model, population_draws, run_spread_problem, simulate_rows
@@ -140,13 +140,13 @@ def _fit_loss(runs: RunTable, spec: ModelSpec, *, seed: int, settings: Settings,
 
 def summary_rows(entries: list[tuple[str, np.ndarray]]) -> list[dict]:
     """Summary rows (:meth:`Fit.summary`'s columns) of named draws, each of shape ``(chain, draw)``."""
+    r_hat, ess_bulk, ess_tail = convergence(np.stack([draws for _, draws in entries]))
     rows = []
-    for name, draws in entries:
+    for (name, draws), *checks in zip(entries, r_hat, ess_bulk, ess_tail):
         flat = draws.reshape(-1)
         row = {"parameter": name, "mean": flat.mean(), "sd": flat.std(ddof=1)}
         row.update({label: np.quantile(flat, q) for label, q in SUMMARY_QUANTILES.items()})
-        row["r_hat"] = float(az.rhat(draws)) if draws.shape[0] > 1 else float("nan")
-        row["ess_bulk"], row["ess_tail"] = float(az.ess(draws, method="bulk")), float(az.ess(draws, method="tail"))
+        row.update(zip(("r_hat", "ess_bulk", "ess_tail"), map(float, checks)))
         rows.append(row)
     return rows
 
@@ -264,22 +264,6 @@ class Fit(Posterior):
     """
 
     spec: ModelSpec
-
-    def draws(self, names: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Posterior draws with chains flattened: ``{name: array of shape (chains*draws,)}``.
-
-        Parameters
-        ----------
-        names
-            Sampled variables to return (default: all of them, in the sampler's coordinates).
-
-        Returns
-        -------
-        dict
-        """
-        posterior = self.idata.posterior
-        names = list(posterior.data_vars) if names is None else names
-        return {name: posterior[name].values.reshape(-1) for name in names}
 
     def observed(self) -> pd.DataFrame:
         """The fitted observations as a DataFrame (``params``/``tokens``/``flops``, ``family``, ``loss``;

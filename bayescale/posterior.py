@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .diagnostics import Diagnostics
 
 
@@ -42,6 +44,23 @@ class Posterior:
     def families(self) -> list[str]:
         """Families present in the fitted data."""
         return json.loads(self.idata.attrs["families"])
+
+    def draws(self, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Posterior draws with chains and draws flattened into one leading axis.
+
+        Parameters
+        ----------
+        names
+            Sampled variables to return (default: all of them, in the sampler's coordinates).
+
+        Returns
+        -------
+        dict
+            ``{name: array of shape (chains * draws, *the variable's own dimensions)}``.
+        """
+        posterior = self.idata.posterior
+        names = list(posterior.data_vars) if names is None else names
+        return {name: posterior[name].values.reshape(-1, *posterior[name].shape[2:]) for name in names}
 
     def save(self, path: str | Path) -> Path:
         """Write the fit to a netCDF file that :func:`bayescale.load` reads back exactly.

@@ -273,7 +273,10 @@ def chinchilla(args) -> dict:
         "machine": _machine(),
         "bayescale_fresh_process_cold_cache": cold,
         "bayescale_fresh_process_warm_cache": warm,
-        "bayescale_refit_same_process": {"seconds": refit_seconds, "min_ess_bulk": refit.diagnostics.min_ess_bulk, "compiled_sampler_programs": programs},
+        "bayescale_refit_same_process": {
+            **_sampler_result(refit_seconds, refit.diagnostics.min_ess_bulk, refit.diagnostics.max_r_hat, int(refit.idata.sample_stats["n_steps"].sum())),
+            "compiled_sampler_programs": programs,
+        },
         "numpyro_handwritten": handwritten_numpyro(log_n, log_d, log_loss, args.seed),
         "pymc_nutpie_handwritten": pymc_nutpie(log_n, log_d, log_loss, args.seed, reparameterised=False),
         "pymc_nutpie_bayescale_coordinates": pymc_nutpie(log_n, log_d, log_loss, args.seed, reparameterised=True),
@@ -284,7 +287,7 @@ def chinchilla(args) -> dict:
     rows = [
         ("bayescale fit(), fresh process, cold compile cache", cold["fit_seconds"], cold),
         ("bayescale fit(), fresh process, warm compile cache", warm["fit_seconds"], warm),
-        ("bayescale refit, same process (no recompilation)", refit_seconds, None),
+        ("bayescale refit, same process (no recompilation)", refit_seconds, result["bayescale_refit_same_process"]),
         ("numpyro hand-written, MCMC defaults", result["numpyro_handwritten"]["seconds"], result["numpyro_handwritten"]),
     ]
     for key, label in (("handwritten", "hand-written model"), ("bayescale_coordinates", "bayescale's coordinates")):
