@@ -190,7 +190,7 @@ def backtest(
         runs = RunTable(runs)
     data = runs.data
     kept, held_out = _kept_rows(data, cutoff_flops, family, keep_sizes)
-    fitted = fit(RunTable(data[kept], source=f"{runs.source} without {held_out}"), model, seed=seed, **fit_options)
+    fitted = fit(runs.subset(np.asarray(kept), source=f"{runs.source} without {held_out}"), model, seed=seed, **fit_options)
     unseen = sorted(set(data.loc[~kept, "family"]) - set(fitted.families))
     if unseen and not isinstance(fitted, DownstreamFit) and not fitted.spec.hierarchical:
         raise DataError(

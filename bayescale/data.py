@@ -267,6 +267,34 @@ class RunTable:
         """Integer code of each row's family, indexing :attr:`families`."""
         return pd.Categorical(self._data["family"], categories=self.families).codes.astype(np.int32)
 
+    def subset(self, rows: np.ndarray, *, source: str) -> "RunTable":
+        """Some of the rows as a table of their own, without checking them again (they passed).
+
+        Parameters
+        ----------
+        rows
+            A boolean mask over the rows, or row positions.
+        source
+            How messages name the new table.
+
+        Returns
+        -------
+        RunTable
+
+        Raises
+        ------
+        bayescale.DataError
+            If no row is selected.
+        """
+        rows = np.asarray(rows)
+        positions = np.flatnonzero(rows) if rows.dtype == bool else rows
+        if len(positions) == 0:
+            raise DataError(f"{source} has no rows; add at least one observation per run")
+        table = object.__new__(RunTable)
+        table.source, table._row_offset, table._row_label = source, self._row_offset, self._row_label
+        table._data = self._data.iloc[positions].reset_index(drop=True)
+        return table
+
     def hash(self) -> str:
         """SHA-256 of the table's canonical CSV text: names the exact data a fit saw."""
         text = self._data.to_csv(index=False, float_format="%.17g")

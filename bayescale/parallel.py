@@ -239,8 +239,8 @@ def _split(runs: RunTable, by: str, spec: ModelSpec | DownstreamSpec) -> dict[st
         rows = data.index[data[by].isna().to_numpy()][:8]
         raise DataError(f"column {by!r} has missing values (rows {', '.join(map(str, rows))}); give every row a group")
     groups = {}
-    for name, rows in data.groupby(by, sort=True):
-        table = RunTable(rows.reset_index(drop=True), source=f"group {by}={name}")
+    for name, rows in sorted(data.groupby(by).indices.items(), key=lambda item: item[0]):
+        table = runs.subset(rows, source=f"group {by}={name}")  # checked as a whole already
         if isinstance(spec, DownstreamSpec):
             tasks = table.data["task"].astype(str).unique() if "task" in table.data else []
             if len(tasks) > 1:

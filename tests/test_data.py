@@ -144,3 +144,15 @@ def test_ambiguous_runs_and_empty_results_name_the_fix():
     assert RunTable(doubled.assign(run=np.repeat(["a", "b", "c", "d"], 5))).run_ids().max() == 3
     with pytest.raises(DataError, match="relax it"):
         _checkpoints().drop_early_checkpoints(min_tokens=1e12)
+
+
+def test_subset_equals_a_table_built_from_the_same_rows():
+    runs = RunTable(pd.DataFrame({"params": [1e8, 2e8, 4e8, 8e8], "tokens": [2e9, 4e9, 8e9, 1.6e10], "loss": [3.2, 3.0, 2.8, 2.7], "family": ["a", "b", "a", "b"]}))
+    mask = runs.data["family"].to_numpy() == "a"
+    by_mask, by_position = runs.subset(mask, source="family a"), runs.subset(np.flatnonzero(mask), source="family a")
+    rebuilt = RunTable(runs.data[mask], source="family a")
+    for part in (by_mask, by_position):
+        pd.testing.assert_frame_equal(part.data, rebuilt.data)
+        assert part.hash() == rebuilt.hash() and part.source == "family a"
+    with pytest.raises(DataError, match="no rows"):
+        runs.subset(np.zeros(4, bool), source="nothing")
