@@ -291,7 +291,8 @@ class RunTable:
         if len(positions) == 0:
             raise DataError(f"{source} has no rows; add at least one observation per run")
         table = object.__new__(RunTable)
-        table.source, table._row_offset, table._row_label = source, self._row_offset, self._row_label
+        # Its rows are numbered afresh, as in RunTable(rows): they are no longer the file's lines.
+        table.source, table._row_offset, table._row_label = source, 0, "row"
         table._data = self._data.iloc[positions].reset_index(drop=True)
         return table
 
@@ -386,4 +387,4 @@ class RunTable:
         if mask.shape != (len(self),):
             raise DataError(f"drop needs one boolean per row ({len(self)}), got shape {mask.shape}")
         print(f"bayescale: dropped {mask.sum()} of {len(self)} rows: {reason}", file=sys.stderr)
-        return RunTable(self._data.loc[~mask], source=self.source)
+        return self.subset(~mask, source=self.source)

@@ -329,8 +329,7 @@ class Fit(Posterior):
         check_family(self, family)
         if not self.spec.hierarchical:
             return self.draws(list(self.spec.sampled_parameters))
-        posterior = {name: self.idata.posterior[name].values for name in self.spec.sampled_parameters}
-        flat = _flatten_chains(posterior, self.idata.constant_data["centring"].values)
+        flat = {**self.draws(list(self.spec.sampled_parameters)), "centring": self.idata.constant_data["centring"].values}
         if family is None:
             family = self.families[0]
         index = self.families.index(family) if family in self.families else None  # else a new family

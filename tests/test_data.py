@@ -147,12 +147,14 @@ def test_ambiguous_runs_and_empty_results_name_the_fix():
 
 
 def test_subset_equals_a_table_built_from_the_same_rows():
-    runs = RunTable(pd.DataFrame({"params": [1e8, 2e8, 4e8, 8e8], "tokens": [2e9, 4e9, 8e9, 1.6e10], "loss": [3.2, 3.0, 2.8, 2.7], "family": ["a", "b", "a", "b"]}))
+    # As from a CSV file: messages name file lines, which a subset's rows no longer are.
+    runs = RunTable(pd.DataFrame({"params": [1e8, 2e8, 4e8, 8e8], "tokens": [2e9, 4e9, 8e9, 1.6e10], "loss": [3.2, 3.0, 2.8, 2.7], "family": ["a", "b", "a", "b"]}), row_offset=2, row_label="line")
     mask = runs.data["family"].to_numpy() == "a"
     by_mask, by_position = runs.subset(mask, source="family a"), runs.subset(np.flatnonzero(mask), source="family a")
     rebuilt = RunTable(runs.data[mask], source="family a")
     for part in (by_mask, by_position):
         pd.testing.assert_frame_equal(part.data, rebuilt.data)
         assert part.hash() == rebuilt.hash() and part.source == "family a"
+        assert (part._row_offset, part._row_label) == (rebuilt._row_offset, rebuilt._row_label) == (0, "row")
     with pytest.raises(DataError, match="no rows"):
         runs.subset(np.zeros(4, bool), source="nothing")
