@@ -364,9 +364,12 @@ def test_suggest_runs_for_an_emergence_threshold(downstream_fit):
 
     ax = plot_design(design).axes[0]  # models given by compute alone: drawn along compute
     assert ax.get_xlabel().startswith("training compute") and len(ax.texts) == int(table["selected"].sum())
-    # The width is in decades of compute, as bayescale.emergence's log10 interval.
+    # The width is in decades of compute, as bayescale.emergence's log10 interval. The two
+    # interpolate between neighbouring draws at each quantile on different scales (log10 compute
+    # here, compute there), so they agree to the draws' spacing there (1.2e-6 relative in this
+    # fit), not to rounding; a width in other units (natural log) would be 2.3x off.
     emerged = bs.emergence(downstream_fit, family="a").query("task == 'late' and quantity == 'threshold_flops'")
-    assert design.width_95_before == pytest.approx(np.log10(emerged["q97.5"].iloc[0] / emerged["q2.5"].iloc[0]), rel=1e-6)
+    assert design.width_95_before == pytest.approx(np.log10(emerged["q97.5"].iloc[0] / emerged["q2.5"].iloc[0]), rel=1e-4)
 
 
 def test_emergence_design_with_a_binomial_card(downstream_fit):
