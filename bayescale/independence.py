@@ -29,9 +29,9 @@ vectorised passes instead, with no sequential gradient steps:
 
 Of 500 simulated benchmark tasks (``benchmarks/run.py --workload tasks``, world 0), 476 passed
 every check (R-hat < 1.01, bulk and tail ESS >= 400, k < 0.7) with the settings below and the
-other 24 with a second proposal; the whole batch took 44-65 s on 2 CPU cores (11-7.7 fits/s,
-warm compilation cache, on days the machine ran at different speeds; ``docs/results.md``).
-Worlds 1 and 2 needed NUTS for 6 and 2 tasks, and took 1.25x and 1.15x as long as world 0.
+other 24 with a second proposal; the whole batch took 49 s on 2 CPU cores (10.2 fits/s, warm
+compilation cache; ``docs/results.md``). Worlds 1 and 2 needed NUTS for 6 and 2 tasks, and took
+1.3x and 1.15x as long as world 0.
 """
 
 from __future__ import annotations
