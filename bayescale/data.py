@@ -265,7 +265,7 @@ class RunTable:
 
     def family_codes(self) -> np.ndarray:
         """Integer code of each row's family, indexing :attr:`families`."""
-        return pd.Categorical(self._data["family"], categories=self.families).codes.astype(np.int32)
+        return category_codes(self._data["family"], self.families)
 
     def subset(self, rows: np.ndarray, *, source: str) -> "RunTable":
         """Some of the rows as a table of their own, without checking them again (they passed).
@@ -388,3 +388,8 @@ class RunTable:
             raise DataError(f"drop needs one boolean per row ({len(self)}), got shape {mask.shape}")
         print(f"bayescale: dropped {mask.sum()} of {len(self)} rows: {reason}", file=sys.stderr)
         return self.subset(~mask, source=self.source)
+
+
+def category_codes(values: pd.Series, categories: list[str]) -> np.ndarray:
+    """Each value's position in ``categories`` (every value is one of them), as int32."""
+    return pd.Index(categories).get_indexer(values).astype(np.int32)

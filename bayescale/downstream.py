@@ -57,7 +57,7 @@ import pandas as pd
 
 from . import __version__
 from ._arviz import az
-from .data import DataError, RunTable
+from .data import DataError, RunTable, category_codes
 from .diagnostics import Diagnostics, diagnose
 from .engine import Settings, enable_compilation_cache, sampler_for, say
 from .hierarchy import NEW_FAMILY, choose_centring
@@ -318,8 +318,8 @@ def model_inputs(evals: Evaluations, spec: DownstreamSpec, centre: Mapping[str, 
     frame = evals.frame
     inputs = {
         "x": np.log10(frame["flops"].to_numpy(dtype=float)) - centre["log10_flops"],
-        "task": _codes(frame["task"], evals.tasks),
-        "family": _codes(frame["family"], evals.families),
+        "task": category_codes(frame["task"], evals.tasks),
+        "family": category_codes(frame["family"], evals.families),
         "chance": np.asarray(evals.chance, dtype=float),
         "accuracy": frame["accuracy"].to_numpy(dtype=float),
     }
@@ -337,11 +337,6 @@ def model_inputs(evals: Evaluations, spec: DownstreamSpec, centre: Mapping[str, 
         inputs["log_loss"] = np.log(losses["loss"].to_numpy(dtype=float))
         inputs["row_loss_x"] = {"flops": np.log(frame["flops"].to_numpy(dtype=float)) - centre["flops"]}
     return inputs
-
-
-def _codes(values: pd.Series, categories: list[str]) -> np.ndarray:
-    """Each value's position in ``categories`` (all present), as int32."""
-    return pd.Index(categories).get_indexer(values).astype(np.int32)
 
 
 def _loss_observations(frame: pd.DataFrame) -> pd.DataFrame:
@@ -447,11 +442,10 @@ def make_downstream_model(spec: DownstreamSpec, num_tasks: int, num_families: in
             x = x + offset[inputs["family"]]
         chance = inputs["chance"]
         ceiling = chance + (1.0 - chance) * jax.nn.sigmoid(w[:, 2])
-        if num_tasks == 1:  # a lone task (fit_many): no gather per evaluation, 10% of the log density's cost
-            p = spec.link.accuracy(x, w[0, 0], jnp.exp(w[0, 1]), chance[0], ceiling[0])
-        else:
-            t = inputs["task"]
-            p = spec.link.accuracy(x, w[t, 0], jnp.exp(w[t, 1]), chance[t], ceiling[t])
+        # A lone task (fit_many) takes a static slice, broadcast over rows, where several
+        # tasks need a gather per evaluation: 10% of a lone task's log density's cost.
+        t = inputs["task"] if num_tasks > 1 else slice(0, 1)
+        p = spec.link.accuracy(x, w[t, 0], jnp.exp(w[t, 1]), chance[t], ceiling[t])
         p = numpyro.deterministic("p", jnp.clip(p, EDGE, 1.0 - EDGE))
         phi = numpyro.sample("concentration", priors["concentration"])
         # ``mask`` leaves out the padding rows of a task batched with larger ones (bayescale.parallel).
@@ -676,8 +670,8 @@ def to_inference_data(samples: dict, stats: dict, spec: DownstreamSpec, runs: Ru
     dims = {"mu": ["task_coordinate"], "tau": ["task_coordinate"], "task_raw": ["task", "task_coordinate"], "family_offset": ["family"], "family_contrast": ["contrast"]}
     constant = {
         "flops": frame["flops"].to_numpy(dtype=float),
-        "task_index": _codes(frame["task"], evals.tasks),
-        "family_index": _codes(frame["family"], evals.families),
+        "task_index": category_codes(frame["task"], evals.tasks),
+        "family_index": category_codes(frame["family"], evals.families),
         "chance": evals.chance,
         "centring": centring,
     }

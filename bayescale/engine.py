@@ -171,8 +171,8 @@ def find_mode(potential, z0, *, max_iterations: int = 200):
     # The first iteration "steps" to z0 itself (zero gradient, infinite value) and evaluates the
     # derivatives there: one call site of the Hessian instead of two, which cut the time to trace
     # a batch of lone downstream tasks' mode searches from 1.8 to 1.4 s.
-    start = jnp.zeros_like(z0)
-    state = (z0, jnp.asarray(jnp.inf, start.dtype), start, eye, jnp.asarray(3.0), -1, jnp.asarray(False))  # damping 1 after it
+    zero = jnp.zeros_like(z0)
+    state = (z0, jnp.asarray(jnp.inf, zero.dtype), zero, eye, jnp.asarray(3.0), -1, jnp.asarray(False))  # damping 1 after it
     z, _, _, hess, *_ = lax.while_loop(running, improve, state)
     return z, hess
 

@@ -16,8 +16,8 @@ risen wants trees ten times longer than one rising inside the data): on 2 CPU co
 ran at 0.47 fits/s one per batch against 0.30 four per batch. So a downstream card's tasks
 are drawn first by independence Metropolis-Hastings (``sampler="auto"``,
 :mod:`bayescale.independence`), whose batches do no sequential gradient steps and wait for no
-task; the few tasks whose draws fail a check get a second, longer-adapted proposal, and those
-that fail again are refitted with NUTS, one per batch on CPU.
+task; the few tasks whose draws fail a check get a second, longer-adapted proposal (several,
+where the batch has room), and those that fail again are refitted with NUTS, one per batch on CPU.
 
 Batches can also go to a ``concurrent.futures`` executor: a local process pool
 (:func:`process_pool`; spawned, never forked, because a forked JAX runtime
@@ -29,7 +29,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 import warnings
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -101,8 +101,10 @@ def fit_many(
         an adapted proposal (:mod:`bayescale.independence`; no sequential leapfrog steps, so
         a batch does not wait for its slowest task), and any task whose draws fail a check
         (R-hat, ESS, the proposal's Pareto k) gets a second proposal, adapted longer from fresh
-        random numbers (:data:`bayescale.independence.RETRY_ROUNDS`); a task that fails again is
-        refitted with NUTS. Loss cards use NUTS.
+        random numbers (:data:`bayescale.independence.RETRY_ROUNDS`), and further ones in the
+        places its batch would otherwise fill with copies; a task that fails every attempt is
+        refitted with NUTS. Each task keeps its first attempt that passed every check, else the
+        first with the fewest problems. Loss cards use NUTS.
         ``"nuts"``: NUTS for every group. A downstream fit's ``attrs["sampler"]`` says which made it.
         ``num_warmup`` and ``target_accept`` apply to NUTS only; the independence sampler
         keeps ``num_samples`` draws in each of ``num_chains`` chains.
@@ -159,18 +161,25 @@ def fit_many(
         executor=executor, device=device, devices=devices, progress=progress,
     )
     started = time.perf_counter()
+    first = [(name, keys[name]) for name in names]
     if sampler == "auto" and isinstance(spec, DownstreamSpec):
-        fits = _fit_groups(names, keys, width, "independence", **run)
+        fits = dict(zip(names, _fit_slots(first, width, "independence", **run)))
         retry = [name for name in names if not fits[name].diagnostics.ok]
         passed = len(names) - len(retry)
         say(f"{passed} of {len(names)} passed every check by independence sampling ({time.perf_counter() - started:.1f} s)", progress)
         if retry:
-            # Most first failures are proposals that adapted badly by chance: adapt a new one
+            # Most first failures are proposals that adapted badly by chance: adapt new ones
             # longer, from fresh random numbers (independence.RETRY_ROUNDS), in the same
-            # compiled program (same width).
-            say(f"second attempt for {len(retry)}, adapting the proposal {independence.RETRY_ROUNDS} rounds", progress)
-            fresh = {name: jax.random.fold_in(keys[name], 1) for name in retry}
-            fits.update(_fit_groups(retry, fresh, width, "independence", rounds=independence.RETRY_ROUNDS, **run))
+            # compiled program (same width). The batches' spare places, which would otherwise
+            # hold copies of a data set, give the failed tasks further independent attempts.
+            slots = _attempts(retry, keys, _batch_width(width, devices))
+            say(
+                f"second attempt for {len(retry)}, adapting the proposal {independence.RETRY_ROUNDS} rounds "
+                f"({len(slots)} attempts)", progress,
+            )
+            attempts = _fit_slots(slots, width, "independence", rounds=independence.RETRY_ROUNDS, **run)
+            for name in retry:
+                fits[name] = _best([fits[name]] + [fitted for (slot, _), fitted in zip(slots, attempts) if slot == name])
             retry = [name for name in retry if not fits[name].diagnostics.ok]
             say(f"{len(names) - len(retry)} of {len(names)} passed by independence sampling ({time.perf_counter() - started:.1f} s)", progress)
         if retry:
@@ -178,9 +187,11 @@ def fit_many(
             # A vectorised NUTS batch waits for its slowest task, and the tasks left here are
             # the hard ones: on CPU each runs alone (module docstring).
             cpu = (device or jax.default_backend()) == "cpu"
-            fits.update(_fit_groups(retry, keys, 1 if cpu else min(width, len(retry)), "nuts", **run))
+            refits = _fit_slots([(name, keys[name]) for name in retry], 1 if cpu else min(width, len(retry)), "nuts", **run)
+            for name, refit in zip(retry, refits):
+                fits[name] = _best([fits[name], refit])
     else:
-        fits = _fit_groups(names, keys, width, "nuts", **run)
+        fits = dict(zip(names, _fit_slots(first, width, "nuts", **run)))
     say(f"{len(fits)} fits in {time.perf_counter() - started:.1f} s", progress)
     troubled = [name for name, fitted in fits.items() if not fitted.diagnostics.ok]
     if troubled:
@@ -194,41 +205,71 @@ def fit_many(
     return fits
 
 
-def _fit_groups(
-    names: list[str], keys: dict, width: int, method: str, *, rounds: int = independence.ROUNDS,
+def _fit_slots(
+    slots: list[tuple[str, jax.Array]], width: int, method: str, *, rounds: int = independence.ROUNDS,
     spec, settings, prepared, by, seed, executor, device, devices, progress,
-) -> dict:
-    """Fit the groups ``names`` in batches of ``width`` with ``method`` (``"nuts"``, or
-    ``"independence"`` with ``rounds`` rounds of adaptation)."""
-    if devices:
-        width = -(-width // len(devices)) * len(devices)  # a whole number of data sets per device
-    batches = [names[i : i + width] for i in range(0, len(names), width)]
+) -> list:
+    """Fit each ``(group, key)`` of ``slots`` in batches of ``width`` with ``method``
+    (``"nuts"``, or ``"independence"`` with ``rounds`` rounds of adaptation); one fit per slot."""
+    width = _batch_width(width, devices)
+    batches = [slots[i : i + width] for i in range(0, len(slots), width)]
     what = "NUTS" if method == "nuts" else "independence sampling"
     say(
-        f"{what}: {len(names)} groups in {len(batches)} batch(es) of {width}, {settings.num_chains} chains x "
+        f"{what}: {len(slots)} fits in {len(batches)} batch(es) of {width}, {settings.num_chains} chains x "
         f"({settings.num_warmup if method == 'nuts' else 'adapted proposal'} + {settings.num_samples} draws)",
         progress,
     )
     started = time.perf_counter()
-    payloads = [_payload(batch, prepared, keys, width) for batch in batches]
+    payloads = [_payload(batch, prepared, width) for batch in batches]
+
+    def fits_of(batch, result) -> list:
+        samples, stats, chosen = result
+        fits = []
+        for position, (name, _) in enumerate(batch):
+            pick = lambda arrays: {k: np.asarray(v[position]) for k, v in arrays.items()}  # noqa: E731
+            fitted = prepared[name].posterior(pick(samples), pick(stats), pick(chosen), seed)
+            fitted.idata.attrs["group"] = f"{by}={name}"
+            fits.append(fitted)
+        return fits
+
     if executor is None:
-        results = []
-        for number, payload in enumerate(payloads, 1):
-            results.append(_sample_batch(spec.text, settings, payload, device=device, devices=devices, method=method, rounds=rounds))
-            say(f"batch {number}/{len(batches)} done ({time.perf_counter() - started:.1f} s)", progress)
+        # A batch's fits are built (InferenceData, checks: ~20 ms a data set, in NumPy and xarray)
+        # in a thread while the next batch runs: XLA releases the GIL while it computes.
+        with ThreadPoolExecutor(max_workers=1) as builder:
+            built = []
+            for number, (batch, payload) in enumerate(zip(batches, payloads), 1):
+                result = _sample_batch(spec.text, settings, payload, device=device, devices=devices, method=method, rounds=rounds)
+                built.append(builder.submit(fits_of, batch, result))
+                say(f"batch {number}/{len(batches)} done ({time.perf_counter() - started:.1f} s)", progress)
+            fits = [fitted for future in built for fitted in future.result()]
     else:
         futures = [
             executor.submit(_sample_batch, spec.text, settings, payload, device=device, method=method, rounds=rounds)
             for payload in payloads
         ]
-        results = [future.result() for future in futures]
-    fits = {}
-    for batch, (samples, stats, chosen) in zip(batches, results):
-        for position, name in enumerate(batch):
-            pick = lambda arrays: {k: np.asarray(v[position]) for k, v in arrays.items()}  # noqa: E731
-            fits[name] = prepared[name].posterior(pick(samples), pick(stats), pick(chosen), seed)
-            fits[name].idata.attrs["group"] = f"{by}={name}"
+        fits = [fitted for batch, future in zip(batches, futures) for fitted in fits_of(batch, future.result())]
     return fits
+
+
+def _batch_width(width: int, devices) -> int:
+    """Data sets per batch: ``width``, rounded up to a whole number per device."""
+    return -(-width // len(devices)) * len(devices) if devices else width
+
+
+def _attempts(names: list[str], keys: dict, width: int) -> list[tuple[str, jax.Array]]:
+    """Slots for a second attempt at ``names``: each name once, then again in turn, until the
+    last batch of ``width`` is full; attempt ``a`` of a name draws from its key folded with ``a``."""
+    capacity = -(-len(names) // width) * width
+    return [
+        (names[i % len(names)], jax.random.fold_in(keys[names[i % len(names)]], 1 + i // len(names)))
+        for i in range(capacity)
+    ]
+
+
+def _best(fits: list):
+    """The first of ``fits`` (attempts at one group, in the order made) that passed every
+    check, else the first with the fewest problems."""
+    return min(fits, key=lambda fitted: len(fitted.diagnostics.problems))
 
 
 def _split(runs: RunTable, by: str, spec: ModelSpec | DownstreamSpec) -> dict[str, RunTable]:
@@ -314,12 +355,12 @@ def _prepare_tasks(table: RunTable, spec: DownstreamSpec, length: int) -> _Group
     return _Group((padded,), posterior)
 
 
-def _payload(batch: list[str], prepared: dict, keys: dict, width: int):
-    """Stacked arguments and keys of one batch, filled up to ``width`` with copies of its
-    first data set (their draws are discarded) so that every batch has one shape."""
+def _payload(batch: list[tuple[str, jax.Array]], prepared: dict, width: int):
+    """Stacked arguments and keys of one batch of ``(group, key)`` slots, filled up to ``width``
+    with copies of its first slot (their draws are discarded) so that every batch has one shape."""
     filled = batch + [batch[0]] * (width - len(batch))
-    args = jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *[prepared[name].args for name in filled])
-    return args, np.stack([np.asarray(keys[name]) for name in filled])
+    args = jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *[prepared[name].args for name, _ in filled])
+    return args, np.stack([np.asarray(key) for _, key in filled])
 
 
 def _sample_batch(

@@ -197,6 +197,36 @@ def test_a_task_failing_its_checks_gets_a_longer_proposal_then_nuts(lone_runs, m
     assert fits["rising"].attrs["sampler"] == "nuts" and fits["rising"].diagnostics.ok
 
 
+def test_a_second_attempt_fills_the_batch_with_further_attempts():
+    """Three failed tasks in a batch of 4: each gets an attempt, and the spare place a further
+    one for the first, each attempt from its own key (the task's key folded with its number)."""
+    import jax
+
+    from bayescale.parallel import _attempts
+
+    keys = {name: jax.random.PRNGKey(index) for index, name in enumerate("abc")}
+    slots = _attempts(list("abc"), keys, 4)
+    assert [name for name, _ in slots] == ["a", "b", "c", "a"]
+    expected = [jax.random.fold_in(keys[name], number) for name, number in (("a", 1), ("b", 1), ("c", 1), ("a", 2))]
+    for (_, key), want in zip(slots, expected):
+        np.testing.assert_array_equal(np.asarray(key), np.asarray(want))
+    assert len(_attempts(list("abcde"), keys | {"d": keys["a"], "e": keys["b"]}, 4)) == 8  # two whole batches
+
+
+def test_the_kept_attempt_is_the_first_with_fewest_problems():
+    from types import SimpleNamespace
+
+    from bayescale.parallel import _best
+
+    def attempt(*problems):
+        return SimpleNamespace(diagnostics=SimpleNamespace(problems=problems))
+
+    failed, passed, also_passed = attempt("k"), attempt(), attempt()
+    assert _best([failed, passed, also_passed]) is passed
+    worse, better = attempt("k", "ess"), attempt("ess")
+    assert _best([worse, better, attempt("k")]) is better
+
+
 def test_a_lone_task_fit_saves_and_predicts(lone_fits, tmp_path):
     fitted = lone_fits["rising"]
     loaded = bs.load(fitted.save(tmp_path / "rising.nc"))
