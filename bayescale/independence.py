@@ -29,9 +29,9 @@ vectorised passes instead, with no sequential gradient steps:
 
 Of 500 simulated benchmark tasks (``benchmarks/run.py --workload tasks``, world 0), 476 passed
 every check (R-hat < 1.01, bulk and tail ESS >= 400, k < 0.7) with the settings below and the
-other 24 with a second proposal; the whole batch took 49 s on 2 CPU cores (10.2 fits/s, warm
-compilation cache; ``docs/results.md``). Worlds 1 and 2 needed NUTS for 6 and 2 tasks, and took
-1.3x and 1.15x as long as world 0.
+other 24 with a second proposal; the whole batch took 36 s on 2 CPU cores (13.7 fits/s, warm
+compilation cache; ``docs/results.md``). Worlds 1 and 2 needed NUTS for 1 task each, and took
+42 and 45 s (``fit_many`` alone; world 0 alone: 39 s).
 """
 
 from __future__ import annotations
@@ -75,7 +75,10 @@ EM_STEPS_LATER = 3
 #: a second attempt with fresh random numbers passed 16 at 8 rounds and 18 and 19 (two seeds)
 #: at 24: the check failures are mostly proposals that happened to adapt badly, not
 #: posteriors beyond this sampler. With the settings above, the second attempt passed 24 of
-#: 24, 28 of 34 and 25 of 27 first failures (worlds 0, 1, 2).
+#: 24, 28 of 34 and 25 of 27 first failures (worlds 0, 1, 2). With the retry batch's spare
+#: places holding further attempts (``fit_many``), tasks failing every attempt, worlds 0, 1, 2:
+#: 0, 1, 1 at 24 rounds; 0, 1, 2 at 16; 0, 1, 3 at 8. The retry batch took ~7, 5 and 4 s on 2
+#: CPU cores, and NUTS ~6.5 s for the first task it refits (mostly tracing), so 24 it stays.
 RETRY_ROUNDS = 24
 #: Independence Metropolis-Hastings steps discarded at the start of each chain, and steps
 #: per kept draw. A step costs one log density, so thinning is cheap, and it buys tail ESS,

@@ -68,8 +68,8 @@ Workload ``tasks`` (issue 6): 500 simulated downstream tasks x 10 models (1e19-1
 midpoints 10^19.5-10^23.5 FLOP, slopes 0.5-4 per decade, chance 0, 0.25 or 0.5, ceilings
 0.6-0.95; 1,000 items, Beta-binomial scores of concentration 300). ``fit_many(by="task")``
 with ``downstream-sigmoid`` (each task alone, defaults: independence Metropolis-Hastings in
-batches of 64, a second proposal adapted longer for the tasks that fail a check, NUTS for any that
-fail again), against scipy ``curve_fit`` of the same sigmoid
+batches of 64, second proposals adapted longer for the tasks that fail a check, NUTS for any that
+fail every attempt), against scipy ``curve_fit`` of the same sigmoid
 (chance known) with 200 bootstrap resamples per task: wall time, tasks converged, and 95%
 interval coverage of the true midpoints.
 
