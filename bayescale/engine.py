@@ -4,7 +4,9 @@ numpyro's ``MCMC.run`` traces and compiles its sampler again on every call when 
 progress bar is off (numpyro 0.22), which was 10-19 s of a 20 s fit. Here the model's
 data are *arguments* of the compiled program, not constants baked into it, so a refit
 of the same card to data of the same shape reuses the program; :func:`sampler_for`
-keeps one :class:`Sampler` per (card, settings, devices, data shape) for the life of the process.
+keeps one :class:`Sampler` per (card, settings, devices, data shape) for the life of the process,
+and its programs on disk (:mod:`bayescale.programs`), so that a new process neither compiles
+nor traces them again.
 
 Each chain, in one program (vectorised over chains, and over data sets in
 :mod:`bayescale.parallel`):
@@ -36,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
-from jax.sharding import PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer.hmc import hmc
@@ -44,6 +46,7 @@ from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import constrain_fn, potential_energy
 
 from . import independence
+from .programs import StoredProgram
 
 #: Most NUTS iterations per call of the compiled program (progress is reported between calls).
 CHUNK = 250
@@ -210,9 +213,17 @@ class Sampler:
         ``initial(latent)``, which adjusts a chain's random unconstrained starting values, and
         ``convert(latent, args)``, which maps that model's unconstrained values to this one's.
         Chains then optimise in the former and start sampling at the converted point.
+    key
+        What determines the model beyond the arguments' shapes (:func:`sampler_for` passes the
+        card's text, settings and data layout): with it, the programs are kept on disk
+        (:mod:`bayescale.programs`) and a new process skips tracing them. ``None`` keeps them
+        in memory only.
     """
 
-    def __init__(self, model, example_args: tuple, settings: Settings, *, batched: bool = False, devices=None, start=None):
+    def __init__(
+        self, model, example_args: tuple, settings: Settings, *, batched: bool = False, devices=None, start=None,
+        key: str | None = None,
+    ):
         self.settings = settings
         self.batched = batched
         self.runs = 0
@@ -293,6 +304,8 @@ class Sampler:
             start_chains = jax.vmap(start_chains)
             advance_chains = jax.vmap(advance_chains, in_axes=(0, 0, None))
             constrain_draws = jax.vmap(constrain_draws)
+        program = partial(StoredProgram, key=key)
+        start_placement = advance_placement = {}
         if devices is not None and len(devices) > 1:
             # shard_map, not a sharded jit: each device runs its own NUTS loops, where SPMD
             # partitioning of one vmapped loop would synchronise every device at every leapfrog step.
@@ -303,9 +316,13 @@ class Sampler:
             advance_chains = jax.shard_map(
                 advance_chains, mesh=mesh, in_specs=(split, data, same), out_specs=split, check_vma=False
             )
-        self._start = jax.jit(start_chains)
-        self._advance = jax.jit(advance_chains)
-        self._constrain = jax.jit(constrain_draws)
+            # Placed as the shard_map splits them: a stored program records its devices.
+            placed = lambda *specs: tuple(NamedSharding(mesh, spec) for spec in specs)  # noqa: E731
+            start_placement = dict(in_shardings=placed(split, data), out_shardings=NamedSharding(mesh, split), mesh=mesh)
+            advance_placement = dict(in_shardings=placed(split, data, same), out_shardings=NamedSharding(mesh, split), mesh=mesh)
+        self._start = program(start_chains, "start", **start_placement)
+        self._advance = program(advance_chains, "advance", **advance_placement)
+        self._constrain = program(constrain_draws, "constrain")
 
         def laplace(args):
             # From where the chains' optimisers start, less their jitter, in the start's coordinates.
@@ -326,8 +343,8 @@ class Sampler:
             )
 
         # Compiled on first use only: most samplers never run them.
-        self._laplace = jax.jit(jax.vmap(laplace) if batched else laplace)
-        self._independent = jax.jit(jax.vmap(independent, in_axes=(0, 0, 0, None)) if batched else independent)
+        self._laplace = program(jax.vmap(laplace) if batched else laplace, "laplace")
+        self._independent = program(jax.vmap(independent, in_axes=(0, 0, 0, None)) if batched else independent, "independent")
         self._unravel = jax.vmap(unravel) if batched else unravel
         ravel = lambda tree: ravel_pytree(tree)[0]  # noqa: E731
         self._ravel = jax.vmap(ravel) if batched else ravel
@@ -482,7 +499,9 @@ def sampler_for(key, model_factory, args: tuple, settings: Settings, *, batched:
     structure = jax.tree_util.tree_structure(args)
     cache_key = (key, settings, batched, devices, shapes, structure)
     if cache_key not in _SAMPLERS:
-        _SAMPLERS[cache_key] = Sampler(model_factory(), args, settings, batched=batched, devices=devices, start=start)
+        _SAMPLERS[cache_key] = Sampler(
+            model_factory(), args, settings, batched=batched, devices=devices, start=start, key=repr(cache_key)
+        )
     return _SAMPLERS[cache_key]
 
 
@@ -583,7 +602,8 @@ def enable_compilation_cache() -> None:
     The folder is ``$BAYESCALE_COMPILATION_CACHE`` if set, else ``bayescale/jax`` under the
     user's cache folder (``$XDG_CACHE_HOME``, default ``~/.cache``); set the variable to
     ``0`` or ``off`` to leave the cache off. A cache folder the caller configured for JAX
-    is left alone.
+    is left alone. Traced samplers are kept in its ``bayescale-programs`` subfolder
+    (:func:`bayescale.programs.folder`), so that a new process does not trace them either.
     """
     if jax.config.jax_compilation_cache_dir:
         return

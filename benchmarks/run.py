@@ -268,7 +268,7 @@ def chinchilla(args) -> dict:
         started = time.perf_counter()
         refit = bs.fit(runs, "chinchilla", seed=args.seed + 1, progress=False)
         refit_seconds = time.perf_counter() - started
-    programs = sum(s._advance._cache_size() for s in engine._SAMPLERS.values())
+    programs = sum(s._advance.signatures for s in engine._SAMPLERS.values())
     result = {
         "machine": _machine(),
         "bayescale_fresh_process_cold_cache": cold,
