@@ -34,11 +34,16 @@ from numpyro.infer.hmc_util import HMCAdaptState
 try:
     from jax import export
 
+    import flatbuffers  # noqa: F401  (jax.export's serialiser needs it)
+
     # The NUTS state crosses the programs' boundary, and a serialised program names the types of
     # its arguments' tree: numpyro's namedtuples must be known to the serialiser by a stable name.
-    export.register_namedtuple_serialization(HMCState, serialized_name="numpyro.infer.hmc.HMCState")
-    export.register_namedtuple_serialization(HMCAdaptState, serialized_name="numpyro.infer.hmc_util.HMCAdaptState")
-    import flatbuffers  # noqa: F401  (jax.export's serialiser needs it)
+    for _type in (HMCState, HMCAdaptState):
+        try:
+            export.register_namedtuple_serialization(_type, serialized_name=f"{_type.__module__}.{_type.__qualname__}")
+        except ValueError:  # registered already (by the caller): that name serves as well
+            pass
+    del _type
 except ImportError:  # pragma: no cover - an older JAX, or flatbuffers missing: trace as before
     export = None
 
